@@ -1,0 +1,165 @@
+"""NATS JetStream: the stream, the durable pull consumer, fetching and acking.
+
+Subjects: `<prefix>.ev.<org>.<agent>` (`_` instead of an agent for org-level
+events). The stream holds them on file storage, deduplicates on `Nats-Msg-Id`
+within `duplicate_window_s`, and the ingest consumer pulls them in batches and
+acks each message explicitly after the batch is committed to PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from service.config import Settings
+from service.domain.admission import KEY_ID_HEADER, SIGNATURE_HEADER, Incoming
+from service.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+STREAM_MAX_AGE_S = 7 * 24 * 3600
+"""The stream is a buffer in front of the ledger, not the record: a week lets a
+stopped ingest catch up while keeping the broker's disk bounded."""
+
+ACK_WAIT_S = 60.0
+"""Longer than any batch transaction: a message is redelivered only if its
+batch's process died or could not commit."""
+
+
+async def connect(url: str, name: str) -> Client:
+    """Connect, retrying forever on later disconnects (the service must outlive a NATS restart)."""
+    try:
+        return await nats.connect(
+            url,
+            name=name,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=1,
+            connect_timeout=5,
+            allow_reconnect=True,
+        )
+    except (TimeoutError, OSError, nats.errors.Error) as e:
+        raise BrokerError(f"cannot connect to NATS at {url}: {e}") from e
+
+
+def stream_config(settings: Settings) -> StreamConfig:
+    return StreamConfig(
+        name=settings.stream,
+        subjects=[settings.event_subjects],
+        storage=StorageType.FILE,
+        retention=RetentionPolicy.LIMITS,
+        max_age=STREAM_MAX_AGE_S,
+        duplicate_window=settings.duplicate_window_s,
+    )
+
+
+async def ensure_stream(js: JetStreamContext, settings: Settings) -> None:
+    """Create the stream, or update it to the configured settings; idempotent."""
+    config = stream_config(settings)
+    try:
+        try:
+            await js.stream_info(settings.stream)
+        except nats.js.errors.NotFoundError:
+            await js.add_stream(config)
+            log.info("created stream %s for %s", settings.stream, settings.event_subjects)
+        else:
+            await js.update_stream(config)
+    except (TimeoutError, nats.errors.Error) as e:
+        raise BrokerError(f"cannot create or update stream {settings.stream}: {e}") from e
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A fetched message: what admission needs, and the handle to ack it."""
+
+    incoming: Incoming
+    msg: Msg
+
+
+class EventConsumer:
+    """The durable pull consumer feeding the ledger."""
+
+    def __init__(self, sub: JetStreamContext.PullSubscription) -> None:
+        self._sub = sub
+
+    @classmethod
+    async def bind(cls, js: JetStreamContext, settings: Settings) -> EventConsumer:
+        config = ConsumerConfig(
+            durable_name=settings.consumer,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=ACK_WAIT_S,
+            # Bounded in-flight work: the backlog waits in the stream, not in memory.
+            max_ack_pending=settings.batch_max * 4,
+            max_waiting=16,
+        )
+        try:
+            sub = await js.pull_subscribe(
+                settings.event_subjects,
+                durable=settings.consumer,
+                stream=settings.stream,
+                config=config,
+            )
+        except (TimeoutError, nats.errors.Error) as e:
+            raise BrokerError(f"cannot bind consumer {settings.consumer}: {e}") from e
+        return cls(sub)
+
+    async def fetch(self, batch_max: int, timeout_s: float) -> list[Delivery]:
+        """Up to `batch_max` messages: whatever is ready now, else wait up to `timeout_s`."""
+        try:
+            msgs = await self._sub.fetch(batch=batch_max, timeout=timeout_s)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return []
+        except nats.errors.Error as e:
+            raise BrokerError(f"fetch failed: {e}") from e
+        return [Delivery(_incoming(m), m) for m in msgs]
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Ack every message of a committed batch."""
+        try:
+            for d in deliveries:
+                await d.msg.ack()
+        except nats.errors.Error as e:
+            # The batch is committed; a lost ack only means a redelivery the
+            # ledger will recognise as a duplicate.
+            log.warning("ack failed after commit (will be redelivered and deduplicated): %s", e)
+
+    async def nak(self, deliveries: Sequence[Delivery], delay_s: float) -> None:
+        """Ask for redelivery after `delay_s` (the batch could not be committed)."""
+        try:
+            for d in deliveries:
+                await d.msg.nak(delay=delay_s)
+        except nats.errors.Error as e:
+            log.warning("nak failed (messages will be redelivered after ack_wait): %s", e)
+
+    async def unsubscribe(self) -> None:
+        try:
+            await self._sub.unsubscribe()
+        except nats.errors.Error as e:
+            log.debug("unsubscribe: %s", e)
+
+
+def _incoming(msg: Msg) -> Incoming:
+    headers = msg.headers or {}
+    return Incoming(
+        subject=msg.subject,
+        data=msg.data,
+        key_id=headers.get(KEY_ID_HEADER),
+        signature=headers.get(SIGNATURE_HEADER),
+        stream_seq=msg.metadata.sequence.stream,
+    )

@@ -1,0 +1,544 @@
+"""PostgreSQL: the ledger, the key registry, the quarantine and the projections.
+
+The only module that talks SQL. Driver errors are translated to `StorageError`
+here and never leak upward.
+
+Why chains are locked with `SELECT ... FOR UPDATE` on their `chains` row: an
+entry's hash commits to the previous entry's hash, so two writers appending to
+the same chain would fork it. Holding the row lock for the whole batch
+transaction makes every chain single-writer whatever the process topology
+(one `up`, several `ingest` processes, an operator appending a key), and
+because the lock is released only at commit, sequence order equals commit
+order: a reader never sees seq n+1 before seq n. Chains are always locked in
+sorted order so two batches touching the same orgs cannot deadlock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from service.domain.admission import PublisherKey, Refused, subject_org
+from service.domain.events import CommitmentTerms
+from service.domain.posture import (
+    AgentKey,
+    AgentRecord,
+    Commitment,
+    PostureCounts,
+    PostureProjector,
+)
+from service.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+POSTURE_PROJECTION = "posture"
+
+_terms_decoder = msgspec.json.Decoder(CommitmentTerms)
+_encoder = msgspec.json.Encoder()
+
+
+@dataclass(slots=True)
+class ChainHead:
+    chain: str
+    seq: int
+    hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EntryRow:
+    """One ledger entry as stored."""
+
+    chain: str
+    seq: int
+    event_id: str
+    kind: str
+    agent_org: str | None
+    agent: str | None
+    occurred_at: datetime
+    received_at: datetime
+    key_id: str
+    signature: bytes
+    event_bytes: bytes
+    prev_hash: bytes
+    entry_hash: bytes
+    stream_seq: int | None
+
+    def as_record(self) -> tuple[object, ...]:
+        return (
+            self.chain,
+            self.seq,
+            self.event_id,
+            self.kind,
+            self.agent_org,
+            self.agent,
+            self.occurred_at,
+            self.received_at,
+            self.key_id,
+            self.signature,
+            self.event_bytes,
+            self.prev_hash,
+            self.entry_hash,
+            self.stream_seq,
+        )
+
+
+ENTRY_COLUMNS = (
+    "chain",
+    "seq",
+    "event_id",
+    "kind",
+    "agent_org",
+    "agent",
+    "occurred_at",
+    "received_at",
+    "key_id",
+    "signature",
+    "event_bytes",
+    "prev_hash",
+    "entry_hash",
+    "stream_seq",
+)
+
+
+def _entry(row: asyncpg.Record) -> EntryRow:
+    return EntryRow(**{name: row[name] for name in ENTRY_COLUMNS})
+
+
+@asynccontextmanager
+async def translate_errors(action: str) -> AsyncIterator[None]:
+    """Turn driver and connection errors into `StorageError` naming what failed."""
+    try:
+        yield
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
+        raise StorageError(f"{action}: {e}") from e
+
+
+class LedgerTx:
+    """The operations of one batch transaction. Obtain through `LedgerStore.transaction`."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def lock_chains(self, orgs: Iterable[str]) -> dict[str, ChainHead]:
+        """Create missing chains and lock the heads of `orgs` until commit."""
+        names = sorted(set(orgs))
+        if not names:
+            return {}
+        await self._conn.execute(
+            "INSERT INTO chains (chain) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING", names
+        )
+        rows = await self._conn.fetch(
+            "SELECT chain, head_seq, head_hash FROM chains WHERE chain = ANY($1::text[])"
+            " ORDER BY chain FOR UPDATE",
+            names,
+        )
+        return {
+            r["chain"]: ChainHead(r["chain"], r["head_seq"], bytes(r["head_hash"])) for r in rows
+        }
+
+    async def existing_event_ids(self, ids: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of the (chain, event id) pairs are already in the ledger."""
+        if not ids:
+            return set()
+        rows = await self._conn.fetch(
+            "SELECT e.chain, e.event_id FROM ledger_entries e"
+            " JOIN unnest($1::text[], $2::text[]) AS i(chain, event_id)"
+            " ON e.chain = i.chain AND e.event_id = i.event_id",
+            [c for c, _ in ids],
+            [i for _, i in ids],
+        )
+        return {(r["chain"], r["event_id"]) for r in rows}
+
+    async def load_keys(self) -> dict[str, PublisherKey]:
+        return await _load_keys(self._conn)
+
+    async def append_entries(self, entries: Sequence[EntryRow]) -> None:
+        if entries:
+            await self._conn.copy_records_to_table(
+                "ledger_entries", records=[e.as_record() for e in entries], columns=ENTRY_COLUMNS
+            )
+
+    async def save_heads(self, heads: Iterable[ChainHead]) -> None:
+        heads = list(heads)
+        if heads:
+            await self._conn.execute(
+                "UPDATE chains c SET head_seq = h.seq, head_hash = h.hash"
+                " FROM unnest($1::text[], $2::bigint[], $3::bytea[]) AS h(chain, seq, hash)"
+                " WHERE c.chain = h.chain",
+                [h.chain for h in heads],
+                [h.seq for h in heads],
+                [h.hash for h in heads],
+            )
+
+    async def quarantine(
+        self, refused: Sequence[Refused], received_at: datetime, subject_prefix: str
+    ) -> int:
+        """Record refused messages; a message seen before (same stream seq) is kept once."""
+        if not refused:
+            return 0
+        rows = [
+            (
+                r.message.stream_seq if r.message.stream_seq > 0 else None,
+                r.message.subject,
+                subject_org(r.message.subject, subject_prefix),
+                r.message.key_id,
+                r.message.signature,
+                r.reason,
+                r.detail,
+                r.message.data,
+                received_at,
+            )
+            for r in refused
+        ]
+        result: str = await self._conn.execute(
+            "INSERT INTO quarantine (stream_seq, subject, claimed_org, key_id, signature, reason,"
+            " detail, raw, received_at)"
+            " SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],"
+            " $6::text[], $7::text[], $8::bytea[], $9::timestamptz[])"
+            " ON CONFLICT (stream_seq) DO NOTHING",
+            *[list(col) for col in zip(*rows, strict=True)],
+        )
+        return int(result.rsplit(" ", 1)[-1])
+
+    async def register_keys(self, keys: Sequence[tuple[PublisherKey, str, int]]) -> None:
+        """Insert newly registered keys: (key, label, registering seq)."""
+        if keys:
+            await self._conn.executemany(
+                "INSERT INTO publisher_keys (key_id, org, public_key, label, registered_seq)"
+                " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key_id) DO NOTHING",
+                [(k.key_id, k.org, k.public_key, label, seq) for k, label, seq in keys],
+            )
+
+    async def revoke_keys(self, revocations: Sequence[tuple[str, int]]) -> None:
+        """Mark keys revoked: (key id, revoking seq)."""
+        if revocations:
+            await self._conn.executemany(
+                "UPDATE publisher_keys SET revoked_seq = $2 WHERE key_id = $1 AND revoked_seq IS NULL",
+                revocations,
+            )
+
+    async def load_projection(self, keys: Iterable[AgentKey]) -> PostureProjector:
+        """The posture state of the given agents, ready for `PostureProjector.apply`."""
+        agent_keys = sorted(set(keys))
+        projector = PostureProjector()
+        if not agent_keys:
+            return projector
+        orgs = [k[0] for k in agent_keys]
+        agents = [k[1] for k in agent_keys]
+        join = "JOIN unnest($1::text[], $2::text[]) AS k(org, agent) USING (org, agent)"
+        for r in await self._conn.fetch(f"SELECT * FROM agents {join}", orgs, agents):
+            projector.agents[(r["org"], r["agent"])] = AgentRecord(
+                r["org"],
+                r["agent"],
+                r["display_name"],
+                r["principal"],
+                r["registered_seq"],
+                r["retired_seq"],
+            )
+        for r in await self._conn.fetch(f"SELECT * FROM commitments {join}", orgs, agents):
+            projector.commitments.setdefault((r["org"], r["agent"]), {})[r["commitment_id"]] = (
+                Commitment(
+                    r["org"],
+                    r["agent"],
+                    r["commitment_id"],
+                    r["version"],
+                    _terms_decoder.decode(r["terms_json"]),
+                    r["declared_seq"],
+                    r["updated_seq"],
+                    r["revoked_at"],
+                )
+            )
+        for r in await self._conn.fetch(f"SELECT * FROM agent_posture {join}", orgs, agents):
+            projector.posture[(r["org"], r["agent"])] = PostureCounts(
+                **{k: r[k] for k in _POSTURE_COLUMNS}
+            )
+        return projector
+
+    async def save_projection(self, projector: PostureProjector, positions: dict[str, int]) -> None:
+        """Write what the projector changed, and the chain positions it has applied."""
+        await save_projection(self._conn, projector, positions)
+
+
+_POSTURE_COLUMNS = (
+    "org",
+    "agent",
+    "actions_total",
+    "actions_within",
+    "actions_outside",
+    "observed_total",
+    "last_action_at",
+    "last_violation",
+    "last_violation_chain",
+    "last_violation_seq",
+)
+
+
+async def save_projection(
+    conn: asyncpg.Connection, projector: PostureProjector, positions: dict[str, int]
+) -> None:
+    if projector.dirty_agents:
+        await conn.executemany(
+            "INSERT INTO agents (org, agent, display_name, principal, registered_seq, retired_seq)"
+            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (org, agent) DO UPDATE SET"
+            " retired_seq = EXCLUDED.retired_seq",
+            [
+                (a.org, a.agent, a.display_name, a.principal, a.registered_seq, a.retired_seq)
+                for a in (projector.agents[k] for k in sorted(projector.dirty_agents))
+            ],
+        )
+    if projector.dirty_commitments:
+        rows = []
+        for org, agent, cid in sorted(projector.dirty_commitments):
+            c = projector.commitments[(org, agent)][cid]
+            rows.append(
+                (
+                    c.org,
+                    c.agent,
+                    c.commitment_id,
+                    c.version,
+                    _encoder.encode(c.terms).decode(),
+                    c.terms.valid_from,
+                    c.terms.valid_until,
+                    c.revoked_at,
+                    c.declared_seq,
+                    c.updated_seq,
+                )
+            )
+        await conn.executemany(
+            "INSERT INTO commitments (org, agent, commitment_id, version, terms_json, valid_from,"
+            " valid_until, revoked_at, declared_seq, updated_seq)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            " ON CONFLICT (org, agent, commitment_id) DO UPDATE SET version = EXCLUDED.version,"
+            " terms_json = EXCLUDED.terms_json, valid_from = EXCLUDED.valid_from,"
+            " valid_until = EXCLUDED.valid_until, revoked_at = EXCLUDED.revoked_at,"
+            " updated_seq = EXCLUDED.updated_seq",
+            rows,
+        )
+    if projector.dirty_posture:
+        cols = ", ".join(_POSTURE_COLUMNS)
+        params = ", ".join(f"${i}" for i in range(1, len(_POSTURE_COLUMNS) + 1))
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in _POSTURE_COLUMNS[2:])
+        await conn.executemany(
+            f"INSERT INTO agent_posture ({cols}) VALUES ({params})"
+            f" ON CONFLICT (org, agent) DO UPDATE SET {updates}",
+            [
+                tuple(getattr(projector.posture[k], c) for c in _POSTURE_COLUMNS)
+                for k in sorted(projector.dirty_posture)
+            ],
+        )
+    if positions:
+        await conn.execute(
+            "INSERT INTO projection_positions (projection, chain, seq)"
+            " SELECT $1, p.chain, p.seq FROM unnest($2::text[], $3::bigint[]) AS p(chain, seq)"
+            " ON CONFLICT (projection, chain) DO UPDATE SET seq = EXCLUDED.seq",
+            POSTURE_PROJECTION,
+            list(positions),
+            list(positions.values()),
+        )
+
+
+async def _load_keys(conn: asyncpg.Connection | asyncpg.Pool) -> dict[str, PublisherKey]:
+    rows = await conn.fetch("SELECT key_id, org, public_key, revoked_seq FROM publisher_keys")
+    return {
+        r["key_id"]: PublisherKey(
+            r["key_id"], r["org"], bytes(r["public_key"]), r["revoked_seq"] is not None
+        )
+        for r in rows
+    }
+
+
+class LedgerStore:
+    """A connection pool and the queries the use cases need."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def connect(cls, dsn: str, min_size: int = 1, max_size: int = 10) -> LedgerStore:
+        async with translate_errors("connecting to PostgreSQL"):
+            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[LedgerTx]:
+        """One transaction; commits when the block exits normally."""
+        async with (
+            translate_errors("ledger transaction"),
+            self._pool.acquire() as conn,
+            conn.transaction(),
+        ):
+            yield LedgerTx(conn)
+
+    async def ping(self) -> None:
+        async with translate_errors("PostgreSQL health check"):
+            await self._pool.fetchval("SELECT 1")
+
+    async def load_keys(self) -> dict[str, PublisherKey]:
+        async with translate_errors("loading publisher keys"):
+            return await _load_keys(self._pool)
+
+    async def chain_heads(self) -> list[ChainHead]:
+        async with translate_errors("reading chain heads"):
+            rows = await self._pool.fetch(
+                "SELECT chain, head_seq, head_hash FROM chains ORDER BY chain"
+            )
+        return [ChainHead(r["chain"], r["head_seq"], bytes(r["head_hash"])) for r in rows]
+
+    async def chain_head(self, chain: str) -> ChainHead | None:
+        async with translate_errors("reading a chain head"):
+            r = await self._pool.fetchrow(
+                "SELECT chain, head_seq, head_hash FROM chains WHERE chain = $1", chain
+            )
+        return None if r is None else ChainHead(r["chain"], r["head_seq"], bytes(r["head_hash"]))
+
+    async def entries(self, chain: str, from_seq: int = 1, limit: int = 100) -> list[EntryRow]:
+        async with translate_errors("reading ledger entries"):
+            rows = await self._pool.fetch(
+                f"SELECT {', '.join(ENTRY_COLUMNS)} FROM ledger_entries"
+                " WHERE chain = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
+                chain,
+                from_seq,
+                limit,
+            )
+        return [_entry(r) for r in rows]
+
+    async def iter_entries(
+        self, chain: str | None = None, from_seq: int = 1, chunk: int = 1000
+    ) -> AsyncIterator[EntryRow]:
+        """Every entry in (chain, seq) order, fetched in chunks: constant memory."""
+        last: tuple[str, int] = ("", 0)
+        if chain is not None:
+            last = (chain, from_seq - 1)
+        while True:
+            async with translate_errors("reading ledger entries"):
+                rows = await self._pool.fetch(
+                    f"SELECT {', '.join(ENTRY_COLUMNS)} FROM ledger_entries"
+                    " WHERE (chain, seq) > ($1, $2) AND ($3::text IS NULL OR chain = $3)"
+                    " ORDER BY chain, seq LIMIT $4",
+                    last[0],
+                    last[1],
+                    chain,
+                    chunk,
+                )
+            if not rows:
+                return
+            for r in rows:
+                yield _entry(r)
+            last = (rows[-1]["chain"], rows[-1]["seq"])
+
+    async def posture(self, org: str, agent: str) -> PostureCounts | None:
+        async with translate_errors("reading posture"):
+            r = await self._pool.fetchrow(
+                f"SELECT {', '.join(_POSTURE_COLUMNS)} FROM agent_posture"
+                " WHERE org = $1 AND agent = $2",
+                org,
+                agent,
+            )
+        return None if r is None else PostureCounts(**{k: r[k] for k in _POSTURE_COLUMNS})
+
+    async def agent(self, org: str, agent: str) -> AgentRecord | None:
+        async with translate_errors("reading an agent"):
+            r = await self._pool.fetchrow(
+                "SELECT * FROM agents WHERE org = $1 AND agent = $2", org, agent
+            )
+        if r is None:
+            return None
+        return AgentRecord(
+            r["org"],
+            r["agent"],
+            r["display_name"],
+            r["principal"],
+            r["registered_seq"],
+            r["retired_seq"],
+        )
+
+    async def commitments(self, org: str, agent: str) -> list[Commitment]:
+        async with translate_errors("reading commitments"):
+            rows = await self._pool.fetch(
+                "SELECT * FROM commitments WHERE org = $1 AND agent = $2 ORDER BY commitment_id",
+                org,
+                agent,
+            )
+        return [
+            Commitment(
+                r["org"],
+                r["agent"],
+                r["commitment_id"],
+                r["version"],
+                _terms_decoder.decode(r["terms_json"]),
+                r["declared_seq"],
+                r["updated_seq"],
+                r["revoked_at"],
+            )
+            for r in rows
+        ]
+
+    async def projection_position(self, chain: str) -> int:
+        async with translate_errors("reading projection position"):
+            seq = await self._pool.fetchval(
+                "SELECT seq FROM projection_positions WHERE projection = $1 AND chain = $2",
+                POSTURE_PROJECTION,
+                chain,
+            )
+        return int(seq) if seq is not None else 0
+
+    async def quarantined(
+        self, org: str | None, after_id: int = 0, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        async with translate_errors("reading quarantine"):
+            rows = await self._pool.fetch(
+                "SELECT id, stream_seq, subject, claimed_org, key_id, reason, detail, raw,"
+                " received_at FROM quarantine WHERE id > $1 AND ($2::text IS NULL OR claimed_org = $2)"
+                " ORDER BY id LIMIT $3",
+                after_id,
+                org,
+                limit,
+            )
+        return [dict(r) for r in rows]
+
+    async def reset_projections(self) -> None:
+        """Empty every projection table (the log and the keys stay)."""
+        async with translate_errors("resetting projections"):
+            await self._pool.execute(
+                "TRUNCATE agents, commitments, agent_posture, projection_positions"
+            )
+
+    async def replace_projections(
+        self, projector: PostureProjector, positions: dict[str, int]
+    ) -> None:
+        """Atomically replace every projection table with the given state."""
+        async with (
+            translate_errors("writing rebuilt projections"),
+            self._pool.acquire() as conn,
+            conn.transaction(),
+        ):
+            await conn.execute("TRUNCATE agents, commitments, agent_posture, projection_positions")
+            await save_projection(conn, projector, positions)
+
+    async def dump_projections(self) -> dict[str, list[tuple[object, ...]]]:
+        """Every projection row in a fixed order, to compare two states exactly."""
+        out: dict[str, list[tuple[object, ...]]] = {}
+        async with translate_errors("dumping projections"):
+            for table, order in (
+                ("agents", "org, agent"),
+                ("commitments", "org, agent, commitment_id"),
+                ("agent_posture", "org, agent"),
+                ("projection_positions", "projection, chain"),
+            ):
+                rows = await self._pool.fetch(f"SELECT * FROM {table} ORDER BY {order}")
+                out[table] = [tuple(r.values()) for r in rows]
+        return out
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self._pool

@@ -1,0 +1,68 @@
+"""The Litestar application: routes, health, metrics, OpenAPI, error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from litestar import Litestar, MediaType, Response, get
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+
+from service import metrics
+from service.adapters.postgres import LedgerStore
+from service.api.bodies import Readiness
+from service.api.controllers import AgentController, ChainController, QuarantineController
+from service.api.problems import EXCEPTION_HANDLERS
+
+HealthCheck = Callable[[], Awaitable[None]]
+CHECK_TIMEOUT_S = 2.0
+
+
+@get("/healthz", tags=["operations"], summary="Liveness: the process serves HTTP")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/readyz", tags=["operations"], summary="Readiness: every dependency answers")
+async def readyz(state: State) -> Response[Readiness]:
+    checks: dict[str, HealthCheck] = state["health_checks"]
+    results: dict[str, str] = {}
+    for name, check in checks.items():
+        try:
+            await asyncio.wait_for(check(), CHECK_TIMEOUT_S)
+            results[name] = "ok"
+        except Exception as e:
+            results[name] = f"failing: {e}" if str(e) else f"failing: {type(e).__name__}"
+    ok = all(v == "ok" for v in results.values())
+    return Response(
+        Readiness("ready" if ok else "not ready", results), status_code=200 if ok else 503
+    )
+
+
+@get("/metrics", tags=["operations"], summary="Prometheus metrics", media_type=MediaType.TEXT)
+async def prometheus_metrics() -> Response[bytes]:
+    return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def create_app(store: LedgerStore, health_checks: dict[str, HealthCheck]) -> Litestar:
+    """The API, bound to a store and the readiness checks of this process's dependencies."""
+    return Litestar(
+        route_handlers=[
+            healthz,
+            readyz,
+            prometheus_metrics,
+            AgentController,
+            ChainController,
+            QuarantineController,
+        ],
+        state=State({"store": store, "health_checks": health_checks}),
+        exception_handlers=EXCEPTION_HANDLERS,
+        # Logging is configured once by the entry point (service.logs), not by Litestar.
+        logging_config=None,
+        openapi_config=OpenAPIConfig(
+            title="trustledger",
+            version="1",
+            description="Behavioral trust ledger for AI agents: posture, commitments, chains.",
+        ),
+    )

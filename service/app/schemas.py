@@ -1,0 +1,115 @@
+"""The published JSON Schema files, generated from the wire contract.
+
+`service.domain.events` is the single source of truth; the files under
+`schemas/` are rendered from it here (`trustledger schemas write`) and a test
+fails when the checked-in files are stale. Rendering is deterministic: sorted
+keys, two-space indent, a trailing newline, UTF-8.
+
+Layout (names relative to `schemas/`):
+
+* `event.schema.json` - the whole tagged union, discriminated on `kind`;
+* `events/<kind>.schema.json` - one event type each.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import msgspec
+
+from service.domain.events import EVENT_TYPES, Event
+
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+SCHEMA_BASE_URI = "https://trustledger.dev/schemas/v1/"
+EVENT_SCHEMA_NAME = "event.schema.json"
+
+
+def event_schema_name(kind: str) -> str:
+    """The file name (relative to `schemas/`) of the schema for one event kind."""
+    return f"events/{kind}.schema.json"
+
+
+def render_schemas() -> dict[str, bytes]:
+    """Every schema file, by name relative to `schemas/`, with its exact bytes."""
+    union: dict[str, object] = msgspec.json.schema(Event)
+    files: dict[str, dict[str, object]] = {
+        EVENT_SCHEMA_NAME: _document(
+            EVENT_SCHEMA_NAME,
+            union,
+            title="TrustLedger event",
+            description=(
+                "Any event a publisher may put on NATS: a tagged union on `kind`. "
+                "Unknown fields are refused; times are RFC 3339 in UTC; amounts are "
+                "integers in minor units."
+            ),
+        )
+    }
+    for struct in EVENT_TYPES:
+        kind = _kind_of(struct)
+        name = event_schema_name(kind)
+        schema: dict[str, object] = msgspec.json.schema(struct)
+        files[name] = _document(
+            name,
+            schema,
+            title=f"TrustLedger event: {kind}",
+            description=_summary(struct),
+        )
+    return {name: _dump(document) for name, document in sorted(files.items())}
+
+
+def write_schemas(dir: Path) -> list[Path]:
+    """Write the schema files that are missing or different under `dir`.
+
+    Files already current are left untouched; returns the paths written."""
+    written: list[Path] = []
+    for name, content in render_schemas().items():
+        path = dir / name
+        if _read(path) == content:
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        written.append(path)
+    return written
+
+
+def stale_schemas(dir: Path) -> list[str]:
+    """Names (relative to `dir`) of schema files that are missing or different."""
+    return [name for name, content in render_schemas().items() if _read(dir / name) != content]
+
+
+def _document(
+    name: str, schema: dict[str, object], *, title: str, description: str
+) -> dict[str, object]:
+    return {
+        **schema,
+        "$schema": JSON_SCHEMA_DIALECT,
+        "$id": SCHEMA_BASE_URI + name,
+        "title": title,
+        "description": description,
+    }
+
+
+def _dump(document: dict[str, object]) -> bytes:
+    text = json.dumps(document, indent=2, sort_keys=True) + "\n"
+    return text.encode("utf-8")
+
+
+def _kind_of(struct: type[msgspec.Struct]) -> str:
+    tag = struct.__struct_config__.tag
+    if not isinstance(tag, str):
+        raise TypeError(f"{struct.__name__} has no string `kind` tag")
+    return tag
+
+
+def _summary(struct: type[msgspec.Struct]) -> str:
+    doc = (struct.__doc__ or "").strip()
+    first_paragraph = doc.split("\n\n", 1)[0]
+    return " ".join(first_paragraph.split())
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None

@@ -1,0 +1,359 @@
+"""`trustledger`: thin commands over the use cases; errors map to exit codes here only.
+
+Exit codes: 0 success, 1 a check failed (e.g. a broken chain), 2 usage or
+configuration error, 3 a server could not be reached or started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import uuid
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from service import logs
+from service.adapters.embedded import EmbeddedServerError
+from service.config import Settings, load_settings
+from service.domain.events import (
+    Event,
+    EventDecodeError,
+    PublisherKeyRegistered,
+    decode_event,
+    encode_event,
+)
+from service.domain.signing import SigningKey, b64url, from_b64url
+from service.errors import (
+    BrokerError,
+    ConfigError,
+    MigrationError,
+    StorageError,
+    TrustLedgerError,
+)
+
+log = logging.getLogger("trustledger")
+
+T = TypeVar("T")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+
+
+class Progress:
+    """A one-line counter on stderr when it is a terminal; silent otherwise."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.count = 0
+        self._tty = sys.stderr.isatty()
+
+    def __call__(self, n: int) -> None:
+        self.count += n
+        if self._tty and self.count % 1000 == 0:
+            print(f"\r{self.label}: {self.count:,}", end="", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if self._tty:
+            print(f"\r{self.label}: {self.count:,}", file=sys.stderr)
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def _settings(args: argparse.Namespace, discover: bool = True) -> Settings:
+    from service.roles import discover as discover_servers
+
+    settings = load_settings(
+        data_dir=Path(args.data_dir).expanduser() if getattr(args, "data_dir", None) else None,
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+    )
+    return discover_servers(settings) if discover else settings
+
+
+# ---- commands -----------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from service.roles import run_up
+
+    settings = _settings(args, discover=False)
+    log.info("data in %s; serving http://%s:%d", settings.data_dir, settings.host, settings.port)
+    run_up(settings)
+    return EXIT_OK
+
+
+def cmd_role(args: argparse.Namespace) -> int:
+    from service.roles import Roles, run_role
+
+    roles = Roles(
+        api=args.command == "api",
+        ingest=args.command == "ingest",
+        scheduler=args.command == "scheduler",
+    )
+    run_role(_settings(args), roles)
+    return EXIT_OK
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from service.adapters.migrations import migrate
+
+    dsn, _ = _settings(args).require_servers()
+    applied = _run(migrate(dsn))
+    print(f"applied {len(applied)} migration(s)" if applied else "database is up to date")
+    return EXIT_OK
+
+
+def _store_call(settings: Settings, fn: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+    from service.adapters.postgres import LedgerStore
+
+    if not settings.database_url:
+        raise ConfigError("DATABASE_URL not set and no `trustledger up` running on this data dir")
+
+    async def go() -> T:
+        store = await LedgerStore.connect(settings.database_url or "", max_size=2)
+        try:
+            return await fn(store)
+        finally:
+            await store.close()
+
+    return _run(go())
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from service.app.ingest import append_operator_event
+
+    settings = _settings(args)
+    out = Path(args.out or f"{args.org}.key.json")
+    if out.exists():
+        raise ConfigError(f"{out} exists; refusing to overwrite a private key")
+    key = SigningKey.generate(args.org)
+    event = PublisherKeyRegistered(
+        id=f"key-{key.key_id}",
+        org=args.org,
+        occurred_at=datetime.now(UTC),
+        key_id=key.key_id,
+        public_key=b64url(key.public_key),
+        label=args.label,
+    )
+    try:
+        decode_event(encode_event(event))
+    except EventDecodeError as e:
+        raise ConfigError(f"invalid org id {args.org!r}: {e.detail}") from e
+    data = encode_event(event)
+    outcome = _store_call(
+        settings,
+        lambda store: append_operator_event(store, event, data, key.key_id, key.sign(data)),
+    )
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(
+            {
+                "org": key.org,
+                "key_id": key.key_id,
+                "seed": b64url(key.seed),
+                "public_key": b64url(key.public_key),
+            },
+            f,
+            indent=2,
+        )
+        f.write("\n")
+    print(
+        f"registered key {key.key_id} for org {args.org} at {args.org}#{outcome.chains[args.org]};"
+        f" private key in {out}"
+    )
+    return EXIT_OK
+
+
+def load_key(path: Path) -> SigningKey:
+    """Read a key file written by `trustledger keys create`."""
+    try:
+        raw = json.loads(path.read_text())
+        return SigningKey(org=raw["org"], seed=from_b64url(raw["seed"]))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path}: not a trustledger key file ({e})") from e
+
+
+def _read_events(sources: Sequence[str], org: str) -> list[Event]:
+    """Events from JSON files (an object, an array, or one object per line); `-` is stdin."""
+    events: list[Event] = []
+    for source in sources or ["-"]:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text()
+        stripped = text.strip()
+        if stripped.startswith("["):
+            items = [json.dumps(x) for x in json.loads(stripped)]
+        elif stripped.startswith("{") and "\n{" not in stripped:
+            items = [stripped]
+        else:
+            items = [line for line in stripped.splitlines() if line.strip()]
+        for n, item in enumerate(items, start=1):
+            obj = json.loads(item)
+            if isinstance(obj, dict):
+                obj.setdefault("id", str(uuid.uuid4()))
+                obj.setdefault("org", org)
+                obj.setdefault("occurred_at", datetime.now(UTC).isoformat().replace("+00:00", "Z"))
+            try:
+                events.append(decode_event(json.dumps(obj).encode()))
+            except EventDecodeError as e:
+                raise ConfigError(f"{source} event {n}: {e.reason}: {e.detail}") from e
+    return events
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from service.adapters.publisher import Publisher
+
+    settings = _settings(args)
+    _, nats_url = settings.require_servers()
+    key = load_key(Path(args.key))
+    events = _read_events(args.files, key.org)
+
+    async def go() -> None:
+        async with await Publisher.connect(nats_url, key, settings.subject_prefix) as publisher:
+            for event in events:
+                ack = await publisher.publish(event)
+                print(f"{event.id}: stream seq {ack.seq}{' (duplicate)' if ack.duplicate else ''}")
+
+    _run(go())
+    return EXIT_OK
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    from service.app.schemas import stale_schemas, write_schemas
+
+    directory = Path(args.dir)
+    if args.action == "write":
+        written = write_schemas(directory)
+        print(f"wrote {len(written)} file(s) to {directory}" if written else "schemas are current")
+        return EXIT_OK
+    stale = stale_schemas(directory)
+    for name in stale:
+        print(f"stale: {name}")
+    return EXIT_FAILED if stale else EXIT_OK
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from service.app.rebuild import rebuild_projections
+
+    progress = Progress("entries replayed")
+    count = _store_call(_settings(args), lambda store: rebuild_projections(store, progress))
+    progress.done()
+    print(f"rebuilt projections from {count:,} entries")
+    return EXIT_OK
+
+
+def cmd_ledger_verify(args: argparse.Namespace) -> int:
+    from service.app.verify import verify_all
+
+    progress = Progress("entries verified")
+    breaks = _store_call(_settings(args), lambda store: verify_all(store, {}, args.org, progress))
+    progress.done()
+    for b in breaks:
+        print(f"BROKEN {b.chain}#{b.seq}: {b.reason}")
+    if not breaks:
+        print(f"ok: {progress.count:,} entries verified")
+    return EXIT_FAILED if breaks else EXIT_OK
+
+
+# ---- argument parsing ----------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trustledger", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default INFO)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_data_dir(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--data-dir", help="data folder (default: the user's data dir)")
+        return p
+
+    up = with_data_dir(sub.add_parser("up", help="run everything on one machine"))
+    up.add_argument("--host", default=None, help="HTTP host (default 127.0.0.1)")
+    up.add_argument("--port", type=int, default=None, help="HTTP port (default 8000)")
+    up.set_defaults(fn=cmd_up)
+    for role in ("api", "ingest", "scheduler"):
+        p = with_data_dir(
+            sub.add_parser(role, help=f"run the {role} role (needs DATABASE_URL, NATS_URL)")
+        )
+        if role == "api":
+            p.add_argument("--host", default=None)
+            p.add_argument("--port", type=int, default=None)
+        p.set_defaults(fn=cmd_role)
+
+    with_data_dir(sub.add_parser("migrate", help="apply pending database migrations")).set_defaults(
+        fn=cmd_migrate
+    )
+
+    keys = sub.add_parser("keys", help="publisher keys").add_subparsers(
+        dest="keys_command", required=True
+    )
+    create = with_data_dir(keys.add_parser("create", help="create an org key pair and register it"))
+    create.add_argument("--org", required=True)
+    create.add_argument("--out", help="private key file (default ORG.key.json)")
+    create.add_argument("--label", default="", help="a note stored with the key")
+    create.set_defaults(fn=cmd_keys_create)
+
+    publish = with_data_dir(
+        sub.add_parser("publish", help="sign and publish events from JSON files")
+    )
+    publish.add_argument("--key", required=True, help="key file from `trustledger keys create`")
+    publish.add_argument(
+        "files", nargs="*", help="JSON files (default: stdin); id/org/occurred_at default"
+    )
+    publish.set_defaults(fn=cmd_publish)
+
+    schemas = sub.add_parser("schemas", help="the JSON Schema files of the wire contract")
+    schemas.add_argument("action", choices=["write", "check"])
+    schemas.add_argument("--dir", default="schemas")
+    schemas.set_defaults(fn=cmd_schemas)
+
+    projections = sub.add_parser("projections", help="projections derived from the log")
+    proj_sub = projections.add_subparsers(dest="projections_command", required=True)
+    with_data_dir(
+        proj_sub.add_parser("rebuild", help="recompute every projection from the log")
+    ).set_defaults(fn=cmd_rebuild)
+
+    ledger = sub.add_parser("ledger", help="the hash-chained log")
+    ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True)
+    verify = with_data_dir(
+        ledger_sub.add_parser("verify", help="walk the chains, name the first broken entry")
+    )
+    verify.add_argument("--org", help="only this org's chain")
+    verify.set_defaults(fn=cmd_ledger_verify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    env_level = os.environ.get("TRUSTLEDGER_LOG_LEVEL", "INFO")
+    logs.configure(
+        (args.log_level or env_level).upper(), os.environ.get("TRUSTLEDGER_LOG_FORMAT", "text")
+    )
+    try:
+        code: int = args.fn(args)
+    except (ConfigError, MigrationError) as e:
+        log.error("%s", e)
+        return EXIT_USAGE
+    except (EmbeddedServerError, StorageError, BrokerError) as e:
+        log.error("%s", e)
+        return EXIT_UNAVAILABLE
+    except TrustLedgerError as e:
+        log.error("%s", e)
+        return EXIT_FAILED
+    except (json.JSONDecodeError, msgspec.DecodeError, OSError) as e:
+        log.error("%s", e)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

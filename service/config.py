@@ -1,0 +1,126 @@
+"""One frozen settings object, read from the environment once at start.
+
+Nothing below the entry points reads `os.environ`: the CLI builds a `Settings`
+and passes it down.
+
+| variable                          | default                         |
+|-----------------------------------|---------------------------------|
+| DATABASE_URL                      | embedded PostgreSQL (`up` only) |
+| NATS_URL                          | embedded NATS (`up` only)       |
+| TRUSTLEDGER_DATA_DIR              | the user's data dir             |
+| TRUSTLEDGER_HOST / _PORT          | 127.0.0.1 / 8000                |
+| TRUSTLEDGER_STREAM                | TRUSTLEDGER                     |
+| TRUSTLEDGER_SUBJECT_PREFIX        | tl                              |
+| TRUSTLEDGER_CONSUMER              | ingest                          |
+| TRUSTLEDGER_BATCH_MAX             | 500 events                      |
+| TRUSTLEDGER_BATCH_WAIT_MS         | 50                              |
+| TRUSTLEDGER_DUPLICATE_WINDOW_S    | 120                             |
+| TRUSTLEDGER_LOG_LEVEL             | INFO                            |
+| TRUSTLEDGER_LOG_FORMAT            | text (or json)                  |
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import platformdirs
+
+from service.errors import ConfigError
+
+_SUBJECT_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a process role needs to know, fixed at start."""
+
+    database_url: str | None = None
+    nats_url: str | None = None
+    data_dir: Path = Path(platformdirs.user_data_dir("trustledger"))
+    host: str = "127.0.0.1"
+    port: int = 8000
+    stream: str = "TRUSTLEDGER"
+    subject_prefix: str = "tl"
+    consumer: str = "ingest"
+    batch_max: int = 500
+    batch_wait_s: float = 0.05
+    duplicate_window_s: float = 120.0
+    log_level: str = "INFO"
+    log_format: str = "text"
+
+    @property
+    def event_subjects(self) -> str:
+        """The stream's subject filter: `<prefix>.ev.<org>.<agent or _>`."""
+        return f"{self.subject_prefix}.ev.*.*"
+
+    def with_servers(self, database_url: str, nats_url: str) -> Settings:
+        """A copy pointing at the given servers (used after starting embedded ones)."""
+        return replace(self, database_url=database_url, nats_url=nats_url)
+
+    def require_servers(self) -> tuple[str, str]:
+        """The database and NATS URLs, or a clear error naming what is missing."""
+        if not self.database_url or not self.nats_url:
+            missing = [
+                name
+                for name, value in (
+                    ("DATABASE_URL", self.database_url),
+                    ("NATS_URL", self.nats_url),
+                )
+                if not value
+            ]
+            raise ConfigError(
+                f"{' and '.join(missing)} not set: set them, or run `trustledger up` "
+                "which starts embedded servers"
+            )
+        return self.database_url, self.nats_url
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as e:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from e
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Read settings from `env` (default: the process environment), then apply overrides."""
+    env = os.environ if env is None else env
+    defaults = Settings()
+    settings = Settings(
+        database_url=env.get("DATABASE_URL") or None,
+        nats_url=env.get("NATS_URL") or None,
+        data_dir=Path(env.get("TRUSTLEDGER_DATA_DIR") or defaults.data_dir).expanduser(),
+        host=env.get("TRUSTLEDGER_HOST") or defaults.host,
+        port=_int(env, "TRUSTLEDGER_PORT", defaults.port, minimum=0),
+        stream=env.get("TRUSTLEDGER_STREAM") or defaults.stream,
+        subject_prefix=env.get("TRUSTLEDGER_SUBJECT_PREFIX") or defaults.subject_prefix,
+        consumer=env.get("TRUSTLEDGER_CONSUMER") or defaults.consumer,
+        batch_max=_int(env, "TRUSTLEDGER_BATCH_MAX", defaults.batch_max),
+        batch_wait_s=_int(env, "TRUSTLEDGER_BATCH_WAIT_MS", 50) / 1000,
+        duplicate_window_s=float(
+            _int(env, "TRUSTLEDGER_DUPLICATE_WINDOW_S", int(defaults.duplicate_window_s))
+        ),
+        log_level=(env.get("TRUSTLEDGER_LOG_LEVEL") or defaults.log_level).upper(),
+        log_format=env.get("TRUSTLEDGER_LOG_FORMAT") or defaults.log_format,
+    )
+    settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+    for name in ("stream", "subject_prefix", "consumer"):
+        if not _SUBJECT_TOKEN.match(getattr(settings, name)):
+            raise ConfigError(
+                f"{name} must be letters, digits, '-' or '_', got {getattr(settings, name)!r}"
+            )
+    if settings.log_format not in ("text", "json"):
+        raise ConfigError(
+            f"TRUSTLEDGER_LOG_FORMAT must be text or json, got {settings.log_format!r}"
+        )
+    return settings

@@ -1,0 +1,235 @@
+"""The composition root: wires adapters, use cases and the API into process roles.
+
+`trustledger up` runs every role in one process (and, without DATABASE_URL /
+NATS_URL, the embedded servers as children); `api`, `ingest` and `scheduler`
+run one role each, for deployments where they scale apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from service import metrics
+from service.adapters import broker
+from service.adapters.embedded import EmbeddedNats, EmbeddedPostgres
+from service.adapters.migrations import migrate
+from service.adapters.postgres import LedgerStore
+from service.api.app import HealthCheck, create_app
+from service.app.consumer import IngestWorker
+from service.app.verify import verify_all
+from service.config import Settings
+from service.domain.chain import ChainWalker
+
+log = logging.getLogger(__name__)
+
+VERIFY_INTERVAL_S = 30
+RUNTIME_FILE = "runtime.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Roles:
+    api: bool = True
+    ingest: bool = True
+    scheduler: bool = True
+
+    @property
+    def names(self) -> list[str]:
+        return [n for n in ("api", "ingest", "scheduler") if getattr(self, n)]
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: this process decides when to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def run_roles(settings: Settings, roles: Roles, stop: asyncio.Event) -> None:
+    """Run the given roles until `stop` is set, then shut them down in order."""
+    dsn, nats_url = settings.require_servers()
+    await migrate(dsn)
+    store = await LedgerStore.connect(dsn)
+    nc = await broker.connect(nats_url, name=f"trustledger-{'-'.join(roles.names)}")
+    tasks: list[asyncio.Task[None]] = []
+    scheduler: AsyncIOScheduler | None = None
+    server: _Server | None = None
+    try:
+        js = nc.jetstream()
+        await broker.ensure_stream(js, settings)
+
+        async def nats_ready() -> None:
+            if not nc.is_connected:
+                raise ConnectionError("not connected to NATS")
+
+        checks: dict[str, HealthCheck] = {"postgres": store.ping, "nats": nats_ready}
+
+        if roles.ingest:
+            consumer = await broker.EventConsumer.bind(js, settings)
+            worker = IngestWorker(store, consumer, settings.subject_prefix, settings.batch_max)
+            tasks.append(asyncio.create_task(worker.run(stop), name="ingest"))
+
+            async def ingest_ready() -> None:
+                if not worker.running:
+                    raise RuntimeError("ingest loop is not running")
+
+            checks["ingest"] = ingest_ready
+
+        if roles.scheduler:
+            scheduler = _scheduler(store)
+            scheduler.start()
+
+        if roles.api:
+            app = create_app(store, checks)
+            config = uvicorn.Config(
+                app,
+                host=settings.host,
+                port=settings.port,
+                log_config=None,
+                access_log=False,
+                lifespan="on",
+            )
+            server = _Server(config)
+            tasks.append(asyncio.create_task(server.serve(), name="api"))
+
+        log.info("running %s", ", ".join(roles.names))
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stopper and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        stop.set()
+        if server is not None:
+            server.should_exit = True
+        if tasks:
+            # The ingest loop finishes its batch in flight; the API drains connections.
+            await asyncio.wait(tasks, timeout=15)
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
+        # Not drain(): it waits for the pull subscription's open fetch request
+        # to expire. Acks were already published; flush sends them, then close.
+        with contextlib.suppress(Exception):
+            await nc.flush(timeout=2)
+        await nc.close()
+        await store.close()
+        log.info("stopped")
+
+
+def _scheduler(store: LedgerStore) -> AsyncIOScheduler:
+    """Jobs that keep running without events: incremental chain verification."""
+    walkers: dict[str, ChainWalker] = {}
+    scheduler = AsyncIOScheduler(timezone="UTC")
+
+    async def verify_new_entries() -> None:
+        breaks = await verify_all(store, walkers)
+        broken = {b.chain: b for b in breaks}
+        for chain, walker in walkers.items():
+            metrics.CHAIN_VERIFIED_SEQ.labels(chain).set(walker.next_seq - 1)
+            metrics.CHAIN_BROKEN.labels(chain).set(1 if chain in broken else 0)
+        for b in breaks:
+            log.error("chain %s is broken at seq %d: %s", b.chain, b.seq, b.reason)
+
+    scheduler.add_job(
+        verify_new_entries,
+        "interval",
+        seconds=VERIFY_INTERVAL_S,
+        id="verify-chains",
+        max_instances=1,
+        coalesce=True,
+    )
+    return scheduler
+
+
+def _install_stop_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def _serve_until_signal(settings: Settings, roles: Roles) -> None:
+    stop = asyncio.Event()
+    _install_stop_signals(stop)
+    await run_roles(settings, roles, stop)
+
+
+def run_role(settings: Settings, roles: Roles) -> None:
+    """Run roles against the configured servers until SIGINT/SIGTERM."""
+    settings.require_servers()
+    asyncio.run(_serve_until_signal(settings, roles))
+
+
+def run_up(settings: Settings) -> None:
+    """Everything on one machine: embedded servers unless URLs are given, then every role."""
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    postgres = nats = None
+    # SIGTERM during the embedded servers' start must still stop them: turn it
+    # into KeyboardInterrupt until the event loop installs its own handlers.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        database_url, nats_url = settings.database_url, settings.nats_url
+        if database_url is None:
+            postgres = EmbeddedPostgres(data_dir / "postgres")
+            database_url = postgres.start()
+            log.info("embedded PostgreSQL at %s", database_url)
+        if nats_url is None:
+            nats = EmbeddedNats(data_dir / "nats")
+            nats_url = nats.start()
+            log.info("embedded NATS at %s", nats_url)
+        settings = settings.with_servers(database_url, nats_url)
+        _write_runtime(settings)
+        signal.signal(signal.SIGTERM, previous)
+        asyncio.run(_serve_until_signal(settings, Roles()))
+    except KeyboardInterrupt:
+        log.info("interrupted")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        (data_dir / RUNTIME_FILE).unlink(missing_ok=True)
+        if nats is not None:
+            nats.stop()
+        if postgres is not None:
+            postgres.stop()
+
+
+def _write_runtime(settings: Settings) -> None:
+    """Tell other `trustledger` commands on this machine where the servers are."""
+    path = settings.data_dir / RUNTIME_FILE
+    path.write_text(
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "database_url": settings.database_url,
+                "nats_url": settings.nats_url,
+                "api_url": f"http://{settings.host}:{settings.port}",
+                "subject_prefix": settings.subject_prefix,
+            },
+            indent=2,
+        )
+    )
+
+
+def discover(settings: Settings) -> Settings:
+    """Fill missing server URLs from a running `trustledger up` on the same data dir."""
+    if settings.database_url and settings.nats_url:
+        return settings
+    path: Path = settings.data_dir / RUNTIME_FILE
+    try:
+        runtime = json.loads(path.read_text())
+        os.kill(int(runtime["pid"]), 0)
+    except (OSError, ValueError, KeyError):
+        return settings
+    return settings.with_servers(
+        settings.database_url or runtime["database_url"], settings.nats_url or runtime["nats_url"]
+    )

