@@ -14,7 +14,7 @@ import os
 import sys
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -128,32 +128,39 @@ def _store_call(settings: Settings, fn: Callable[[Any], Coroutine[Any, Any, T]])
     return _run(go())
 
 
-def cmd_keys_create(args: argparse.Namespace) -> int:
+def register_new_key(settings: Settings, org: str, label: str) -> tuple[SigningKey, int]:
+    """Generate a key pair for `org` and chain its registration as the operator.
+
+    Returns the key and the sequence number of its registration entry."""
     from service.app.ingest import append_operator_event
 
-    settings = _settings(args)
-    out = Path(args.out or f"{args.org}.key.json")
-    if out.exists():
-        raise ConfigError(f"{out} exists; refusing to overwrite a private key")
-    key = SigningKey.generate(args.org)
+    key = SigningKey.generate(org)
     event = PublisherKeyRegistered(
         id=f"key-{key.key_id}",
-        org=args.org,
+        org=org,
         occurred_at=datetime.now(UTC),
         key_id=key.key_id,
         public_key=b64url(key.public_key),
-        label=args.label,
+        label=label,
     )
-    try:
-        decode_event(encode_event(event))
-    except EventDecodeError as e:
-        raise ConfigError(f"invalid org id {args.org!r}: {e.detail}") from e
     data = encode_event(event)
+    try:
+        decode_event(data)
+    except EventDecodeError as e:
+        raise ConfigError(f"invalid org id {org!r}: {e.detail}") from e
     outcome = _store_call(
         settings,
         lambda store: append_operator_event(store, event, data, key.key_id, key.sign(data)),
     )
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    return key, outcome.chains[org]
+
+
+def save_key(key: SigningKey, path: Path) -> None:
+    """Write a private key file readable only by its owner; never overwrite one."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError as e:
+        raise ConfigError(f"{path} exists; refusing to overwrite a private key") from e
     with os.fdopen(fd, "w") as f:
         json.dump(
             {
@@ -166,9 +173,16 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
             indent=2,
         )
         f.write("\n")
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    out = Path(args.out or f"{args.org}.key.json")
+    if out.exists():
+        raise ConfigError(f"{out} exists; refusing to overwrite a private key")
+    key, seq = register_new_key(_settings(args), args.org, args.label)
+    save_key(key, out)
     print(
-        f"registered key {key.key_id} for org {args.org} at {args.org}#{outcome.chains[args.org]};"
-        f" private key in {out}"
+        f"registered key {key.key_id} for org {args.org} at {args.org}#{seq}; private key in {out}"
     )
     return EXIT_OK
 
@@ -222,6 +236,48 @@ def cmd_publish(args: argparse.Namespace) -> int:
                 print(f"{event.id}: stream seq {ack.seq}{' (duplicate)' if ack.duplicate else ''}")
 
     _run(go())
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from service.adapters.publisher import Publisher
+    from service.app.demo import AGENT_ORG, GATEWAY_ORG, story
+
+    settings = _settings(args)
+    _, nats_url = settings.require_servers()
+    key_dir = settings.data_dir / "demo-keys"
+    key_dir.mkdir(parents=True, exist_ok=True)
+    keys: dict[str, SigningKey] = {}
+    for org in (AGENT_ORG, GATEWAY_ORG):
+        path = key_dir / f"{org}.key.json"
+        if path.exists():
+            keys[org] = load_key(path)
+        else:
+            keys[org], _ = register_new_key(settings, org, "demo")
+            save_key(keys[org], path)
+    # The story spaces actions 1-20 s apart; start it early enough to end about now.
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=args.actions * 3 * 11)
+    events = list(story(start, args.actions, seed=args.seed))
+    progress = Progress("events published")
+
+    async def go() -> None:
+        publishers = {
+            org: await Publisher.connect(nats_url, key, settings.subject_prefix)
+            for org, key in keys.items()
+        }
+        try:
+            for event in events:
+                await publishers[event.org].publish(event)
+                progress(1)
+        finally:
+            for publisher in publishers.values():
+                await publisher.close()
+
+    _run(go())
+    progress.done()
+    print(f"published {len(events)} signed events for {AGENT_ORG} and {GATEWAY_ORG}; now try:")
+    for agent in ("billing-bot", "ops-agent", "scraper"):
+        print(f"  curl -s {args.api}/v1/agents/{AGENT_ORG}/{agent}/posture")
     return EXIT_OK
 
 
@@ -308,6 +364,16 @@ def _parser() -> argparse.ArgumentParser:
         "files", nargs="*", help="JSON files (default: stdin); id/org/occurred_at default"
     )
     publish.set_defaults(fn=cmd_publish)
+
+    demo = with_data_dir(
+        sub.add_parser("demo", help="publish realistic signed traffic to a running service")
+    )
+    demo.add_argument("--actions", type=int, default=50, help="actions per agent (default 50)")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument(
+        "--api", default="http://127.0.0.1:8000", help="where the API answers, for the hints"
+    )
+    demo.set_defaults(fn=cmd_demo)
 
     schemas = sub.add_parser("schemas", help="the JSON Schema files of the wire contract")
     schemas.add_argument("action", choices=["write", "check"])
