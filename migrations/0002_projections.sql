@@ -39,10 +39,22 @@ CREATE TABLE agent_posture (
     actions_total    bigint NOT NULL DEFAULT 0,
     actions_within   bigint NOT NULL DEFAULT 0,
     actions_outside  bigint NOT NULL DEFAULT 0,
-    observed_total   bigint NOT NULL DEFAULT 0,
     last_action_at   timestamptz,
     last_violation   text,                  -- kind of the latest violation, if any
     last_violation_chain text,
     last_violation_seq   bigint,
     PRIMARY KEY (org, agent)
+);
+
+-- Gateway observations, one row per observing org and observed agent. Kept
+-- apart from agent_posture so that every projection row is written only by the
+-- writer of one chain: the observer's chain here, the agent's own chain there.
+-- Two ingest processes owning different orgs never update the same row.
+CREATE TABLE agent_observations (
+    observer          text NOT NULL,        -- the gateway's org (its chain)
+    org               text NOT NULL,        -- the observed agent
+    agent             text NOT NULL,
+    observed_total    bigint NOT NULL DEFAULT 0,
+    last_observed_at  timestamptz,
+    PRIMARY KEY (org, agent, observer)
 );

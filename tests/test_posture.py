@@ -327,8 +327,8 @@ def test_projector_counts_observation_for_observed_agent_when_gateway_is_another
         "payhub",
         9,
     )
-    assert projector.posture[("acme", "bot")].observed_total == 1
-    assert projector.posture[("acme", "bot")].actions_total == 0
+    assert projector.observations[("acme", "bot", "payhub")].observed_total == 1
+    assert ("acme", "bot") not in projector.posture
 
 
 @pytest.mark.parametrize(

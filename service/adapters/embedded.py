@@ -266,6 +266,47 @@ class _ChildServer:
             preexec_fn=_pdeathsig_preexec(death_signal),
         )
 
+    @property
+    def log_path(self) -> Path:
+        raise NotImplementedError
+
+    def _serve_on_free_port(
+        self,
+        command: Callable[[int], list[str]],
+        wait_ready: Callable[[subprocess.Popen[bytes], int, int], None],
+        url_for: Callable[[int], str],
+        user: str | None = None,
+    ) -> str:
+        """Spawn on a fresh free port until the server binds it and answers.
+
+        Another process may take the port between `free_tcp_port()` and the
+        server's bind; `wait_ready` raises `_PortTakenError` then, and we retry."""
+        try:
+            for attempt in range(1, _PORT_ATTEMPTS + 1):
+                port = free_tcp_port()
+                log_offset = _file_size(self.log_path)
+                proc = self._spawn(command(port), self.log_path, self._stop_signal, user=user)
+                try:
+                    wait_ready(proc, port, log_offset)
+                except _PortTakenError:
+                    _log.info("port %d was taken (attempt %d); retrying", port, attempt)
+                    self._abort(proc)
+                    continue
+                except BaseException:
+                    self._abort(proc)
+                    raise
+                self._proc = proc
+                self._url = url_for(port)
+                _log.info("embedded %s ready at %s (pid %d)", self._kind, self._url, proc.pid)
+                return self._url
+            raise EmbeddedServerError(
+                f"{self._kind} could not bind a free port in {_PORT_ATTEMPTS} attempts; "
+                f"last lines of {self.log_path}:\n{_log_tail(self.log_path)}"
+            )
+        except BaseException:
+            self.stop()
+            raise
+
     def _abort(self, proc: subprocess.Popen[bytes]) -> None:
         if proc.poll() is None:
             proc.kill()
@@ -314,39 +355,23 @@ class EmbeddedPostgres(_ChildServer):
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb(run_as)
         socket_dir = self._socket_dir(run_as)
-        try:
-            for attempt in range(1, _PORT_ATTEMPTS + 1):
-                port = free_tcp_port()
-                log_offset = _file_size(self.log_path)
-                cmd = [
-                    str(_pg_bin() / "postgres"),
-                    "-D", str(self.data_dir),
-                    "-h", _HOST,
-                    "-p", str(port),
-                    "-k", str(socket_dir),
-                    "-c", "fsync=on",
-                ]  # fmt: skip
-                proc = self._spawn(cmd, self.log_path, signal.SIGINT, user=run_as)
-                try:
-                    self._wait_ready(proc, port, log_offset)
-                except _PortTakenError:
-                    _log.info("port %d was taken (attempt %d); retrying", port, attempt)
-                    self._abort(proc)
-                    continue
-                except BaseException:
-                    self._abort(proc)
-                    raise
-                self._proc = proc
-                self._url = f"postgresql://postgres@{_HOST}:{port}/postgres"
-                _log.info("embedded postgres ready at %s (pid %d)", self._url, proc.pid)
-                return self._url
-            raise EmbeddedServerError(
-                f"postgres could not bind a free port in {_PORT_ATTEMPTS} attempts; "
-                f"last lines of {self.log_path}:\n{_log_tail(self.log_path)}"
-            )
-        except BaseException:
-            self.stop()
-            raise
+
+        def command(port: int) -> list[str]:
+            return [
+                str(_pg_bin() / "postgres"),
+                "-D", str(self.data_dir),
+                "-h", _HOST,
+                "-p", str(port),
+                "-k", str(socket_dir),
+                "-c", "fsync=on",
+            ]  # fmt: skip
+
+        return self._serve_on_free_port(
+            command,
+            self._wait_ready,
+            lambda port: f"postgresql://postgres@{_HOST}:{port}/postgres",
+            user=run_as,
+        )
 
     def _after_stop(self) -> None:
         if self._own_socket_dir is not None:
@@ -560,41 +585,24 @@ class EmbeddedNats(_ChildServer):
         # one that grabbed the port between free_tcp_port() and our bind.
         digest = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:12]
         server_name = f"trustledger-{digest}"
-        try:
-            for attempt in range(1, _PORT_ATTEMPTS + 1):
-                port = free_tcp_port()
-                log_offset = _file_size(self.log_path)
-                cmd = [
-                    binary,
-                    "-a", _HOST,
-                    "-p", str(port),
-                    "-n", server_name,
-                    "-js",
-                    # nats-server keeps its files in <store_dir>/jetstream.
-                    "-sd", str(self.data_dir),
-                    "-l", str(self.log_path),
-                ]  # fmt: skip
-                proc = self._spawn(cmd, self.log_path, signal.SIGTERM)
-                try:
-                    self._wait_ready(proc, port, server_name, log_offset)
-                except _PortTakenError:
-                    _log.info("port %d was taken (attempt %d); retrying", port, attempt)
-                    self._abort(proc)
-                    continue
-                except BaseException:
-                    self._abort(proc)
-                    raise
-                self._proc = proc
-                self._url = f"nats://{_HOST}:{port}"
-                _log.info("embedded nats ready at %s (pid %d)", self._url, proc.pid)
-                return self._url
-            raise EmbeddedServerError(
-                f"nats-server could not bind a free port in {_PORT_ATTEMPTS} attempts; "
-                f"last lines of {self.log_path}:\n{_log_tail(self.log_path)}"
-            )
-        except BaseException:
-            self.stop()
-            raise
+
+        def command(port: int) -> list[str]:
+            return [
+                binary,
+                "-a", _HOST,
+                "-p", str(port),
+                "-n", server_name,
+                "-js",
+                # nats-server keeps its files in <store_dir>/jetstream.
+                "-sd", str(self.data_dir),
+                "-l", str(self.log_path),
+            ]  # fmt: skip
+
+        return self._serve_on_free_port(
+            command,
+            lambda proc, port, log_offset: self._wait_ready(proc, port, server_name, log_offset),
+            lambda port: f"nats://{_HOST}:{port}",
+        )
 
     def _wait_ready(
         self, proc: subprocess.Popen[bytes], port: int, server_name: str, log_offset: int

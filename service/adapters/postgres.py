@@ -31,6 +31,7 @@ from service.domain.posture import (
     AgentKey,
     AgentRecord,
     Commitment,
+    ObservationCounts,
     PostureCounts,
     PostureProjector,
 )
@@ -111,6 +112,30 @@ def _entry(row: asyncpg.Record) -> EntryRow:
     return EntryRow(**{name: row[name] for name in ENTRY_COLUMNS})
 
 
+def _commitment(r: asyncpg.Record) -> Commitment:
+    return Commitment(
+        r["org"],
+        r["agent"],
+        r["commitment_id"],
+        r["version"],
+        _terms_decoder.decode(r["terms_json"]),
+        r["declared_seq"],
+        r["updated_seq"],
+        r["revoked_at"],
+    )
+
+
+def _agent(r: asyncpg.Record) -> AgentRecord:
+    return AgentRecord(
+        r["org"],
+        r["agent"],
+        r["display_name"],
+        r["principal"],
+        r["registered_seq"],
+        r["retired_seq"],
+    )
+
+
 @asynccontextmanager
 async def translate_errors(action: str) -> AsyncIterator[None]:
     """Turn driver and connection errors into `StorageError` naming what failed."""
@@ -126,14 +151,20 @@ class LedgerTx:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
 
-    async def lock_chains(self, orgs: Iterable[str]) -> dict[str, ChainHead]:
-        """Create missing chains and lock the heads of `orgs` until commit."""
-        names = sorted(set(orgs))
+    async def lock_chains(
+        self, orgs: Iterable[str], existing_only: Iterable[str] = ()
+    ) -> dict[str, ChainHead]:
+        """Lock the heads of `orgs` (creating missing chains) and of `existing_only`
+        (never creating one: an unauthenticated subject must not conjure a chain)."""
+        create = sorted(set(orgs))
+        names = sorted(set(create) | set(existing_only))
         if not names:
             return {}
-        await self._conn.execute(
-            "INSERT INTO chains (chain) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING", names
-        )
+        if create:
+            await self._conn.execute(
+                "INSERT INTO chains (chain) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
+                create,
+            )
         rows = await self._conn.fetch(
             "SELECT chain, head_seq, head_hash FROM chains WHERE chain = ANY($1::text[])"
             " ORDER BY chain FOR UPDATE",
@@ -234,30 +265,18 @@ class LedgerTx:
         agents = [k[1] for k in agent_keys]
         join = "JOIN unnest($1::text[], $2::text[]) AS k(org, agent) USING (org, agent)"
         for r in await self._conn.fetch(f"SELECT * FROM agents {join}", orgs, agents):
-            projector.agents[(r["org"], r["agent"])] = AgentRecord(
-                r["org"],
-                r["agent"],
-                r["display_name"],
-                r["principal"],
-                r["registered_seq"],
-                r["retired_seq"],
-            )
+            projector.agents[(r["org"], r["agent"])] = _agent(r)
         for r in await self._conn.fetch(f"SELECT * FROM commitments {join}", orgs, agents):
             projector.commitments.setdefault((r["org"], r["agent"]), {})[r["commitment_id"]] = (
-                Commitment(
-                    r["org"],
-                    r["agent"],
-                    r["commitment_id"],
-                    r["version"],
-                    _terms_decoder.decode(r["terms_json"]),
-                    r["declared_seq"],
-                    r["updated_seq"],
-                    r["revoked_at"],
-                )
+                _commitment(r)
             )
         for r in await self._conn.fetch(f"SELECT * FROM agent_posture {join}", orgs, agents):
             projector.posture[(r["org"], r["agent"])] = PostureCounts(
                 **{k: r[k] for k in _POSTURE_COLUMNS}
+            )
+        for r in await self._conn.fetch(f"SELECT * FROM agent_observations {join}", orgs, agents):
+            projector.observations[(r["org"], r["agent"], r["observer"])] = ObservationCounts(
+                **{k: r[k] for k in _OBSERVATION_COLUMNS}
             )
         return projector
 
@@ -266,13 +285,14 @@ class LedgerTx:
         await save_projection(self._conn, projector, positions)
 
 
+_OBSERVATION_COLUMNS = ("observer", "org", "agent", "observed_total", "last_observed_at")
+
 _POSTURE_COLUMNS = (
     "org",
     "agent",
     "actions_total",
     "actions_within",
     "actions_outside",
-    "observed_total",
     "last_action_at",
     "last_violation",
     "last_violation_chain",
@@ -333,6 +353,17 @@ async def save_projection(
                 for k in sorted(projector.dirty_posture)
             ],
         )
+    if projector.dirty_observations:
+        await conn.executemany(
+            "INSERT INTO agent_observations (observer, org, agent, observed_total, last_observed_at)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (org, agent, observer) DO UPDATE SET"
+            " observed_total = EXCLUDED.observed_total,"
+            " last_observed_at = EXCLUDED.last_observed_at",
+            [
+                tuple(getattr(projector.observations[k], c) for c in _OBSERVATION_COLUMNS)
+                for k in sorted(projector.dirty_observations)
+            ],
+        )
     if positions:
         await conn.execute(
             "INSERT INTO projection_positions (projection, chain, seq)"
@@ -352,6 +383,25 @@ async def _load_keys(conn: asyncpg.Connection | asyncpg.Pool) -> dict[str, Publi
         )
         for r in rows
     }
+
+
+class RebuildTx:
+    """Replays the log and replaces the projections inside one locked transaction."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def iter_entries(self, chunk: int = 2000) -> AsyncIterator[EntryRow]:
+        """Every entry in (chain, seq) order, through a server-side cursor."""
+        query = f"SELECT {', '.join(ENTRY_COLUMNS)} FROM ledger_entries ORDER BY chain, seq"
+        async for row in self._conn.cursor(query, prefetch=chunk):
+            yield _entry(row)
+
+    async def replace(self, projector: PostureProjector, positions: dict[str, int]) -> None:
+        await self._conn.execute(
+            "TRUNCATE agents, commitments, agent_posture, agent_observations, projection_positions"
+        )
+        await save_projection(self._conn, projector, positions)
 
 
 class LedgerStore:
@@ -446,6 +496,17 @@ class LedgerStore:
             )
         return None if r is None else PostureCounts(**{k: r[k] for k in _POSTURE_COLUMNS})
 
+    async def observations(self, org: str, agent: str) -> list[ObservationCounts]:
+        """What each gateway org has observed the agent do, by observer."""
+        async with translate_errors("reading observations"):
+            rows = await self._pool.fetch(
+                f"SELECT {', '.join(_OBSERVATION_COLUMNS)} FROM agent_observations"
+                " WHERE org = $1 AND agent = $2 ORDER BY observer",
+                org,
+                agent,
+            )
+        return [ObservationCounts(**{k: r[k] for k in _OBSERVATION_COLUMNS}) for r in rows]
+
     async def agent(self, org: str, agent: str) -> AgentRecord | None:
         async with translate_errors("reading an agent"):
             r = await self._pool.fetchrow(
@@ -453,14 +514,7 @@ class LedgerStore:
             )
         if r is None:
             return None
-        return AgentRecord(
-            r["org"],
-            r["agent"],
-            r["display_name"],
-            r["principal"],
-            r["registered_seq"],
-            r["retired_seq"],
-        )
+        return _agent(r)
 
     async def commitments(self, org: str, agent: str) -> list[Commitment]:
         async with translate_errors("reading commitments"):
@@ -469,19 +523,7 @@ class LedgerStore:
                 org,
                 agent,
             )
-        return [
-            Commitment(
-                r["org"],
-                r["agent"],
-                r["commitment_id"],
-                r["version"],
-                _terms_decoder.decode(r["terms_json"]),
-                r["declared_seq"],
-                r["updated_seq"],
-                r["revoked_at"],
-            )
-            for r in rows
-        ]
+        return [_commitment(r) for r in rows]
 
     async def projection_position(self, chain: str) -> int:
         async with translate_errors("reading projection position"):
@@ -506,24 +548,16 @@ class LedgerStore:
             )
         return [dict(r) for r in rows]
 
-    async def reset_projections(self) -> None:
-        """Empty every projection table (the log and the keys stay)."""
-        async with translate_errors("resetting projections"):
-            await self._pool.execute(
-                "TRUNCATE agents, commitments, agent_posture, projection_positions"
-            )
-
-    async def replace_projections(
-        self, projector: PostureProjector, positions: dict[str, int]
-    ) -> None:
-        """Atomically replace every projection table with the given state."""
+    @asynccontextmanager
+    async def rebuild_transaction(self) -> AsyncIterator[RebuildTx]:
+        """A transaction holding every chain's lock: ingest waits until the rebuild commits."""
         async with (
-            translate_errors("writing rebuilt projections"),
+            translate_errors("rebuilding projections"),
             self._pool.acquire() as conn,
             conn.transaction(),
         ):
-            await conn.execute("TRUNCATE agents, commitments, agent_posture, projection_positions")
-            await save_projection(conn, projector, positions)
+            await conn.execute("SELECT chain FROM chains ORDER BY chain FOR UPDATE")
+            yield RebuildTx(conn)
 
     async def dump_projections(self) -> dict[str, list[tuple[object, ...]]]:
         """Every projection row in a fixed order, to compare two states exactly."""
@@ -533,6 +567,7 @@ class LedgerStore:
                 ("agents", "org, agent"),
                 ("commitments", "org, agent, commitment_id"),
                 ("agent_posture", "org, agent"),
+                ("agent_observations", "org, agent, observer"),
                 ("projection_positions", "projection, chain"),
             ):
                 rows = await self._pool.fetch(f"SELECT * FROM {table} ORDER BY {order}")

@@ -29,6 +29,8 @@ class PostureView(msgspec.Struct):
     actions_within: int
     actions_outside: int
     observed_total: int
+    observed_by: dict[str, int]
+    """Actions seen by gateways, per observing org."""
     last_action_at: datetime | None
     last_violation: str | None
     last_violation_ref: LedgerRef | None

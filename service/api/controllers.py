@@ -45,7 +45,8 @@ class AgentController(Controller):
         store = _store(state)
         record = await store.agent(org, agent)
         counts = await store.posture(org, agent)
-        if record is None and counts is None:
+        observed = await store.observations(org, agent)
+        if record is None and counts is None and not observed:
             raise NotFoundError(f"no events about agent {org}/{agent} are in the ledger")
         retired = record is not None and record.retired_seq is not None
         band, score = band_of(counts, retired)
@@ -64,7 +65,8 @@ class AgentController(Controller):
             actions_total=counts.actions_total if counts else 0,
             actions_within=counts.actions_within if counts else 0,
             actions_outside=counts.actions_outside if counts else 0,
-            observed_total=counts.observed_total if counts else 0,
+            observed_total=sum(o.observed_total for o in observed),
+            observed_by={o.observer: o.observed_total for o in observed},
             last_action_at=counts.last_action_at if counts else None,
             last_violation=counts.last_violation if counts else None,
             last_violation_ref=violation_ref,

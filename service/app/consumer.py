@@ -17,7 +17,7 @@ from service import metrics
 from service.adapters.broker import EventConsumer
 from service.adapters.postgres import LedgerStore
 from service.app.ingest import ingest_batch
-from service.errors import StorageError
+from service.errors import BrokerError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,14 @@ class IngestWorker:
         backoff_s = 0.5
         try:
             while not stop.is_set():
-                deliveries = await self._consumer.fetch(self._batch_max, IDLE_FETCH_S)
+                try:
+                    deliveries = await self._consumer.fetch(self._batch_max, IDLE_FETCH_S)
+                except BrokerError as e:
+                    # NATS is restarting or unreachable; the client reconnects on its own.
+                    log.warning("fetch failed, retrying in %.1f s: %s", backoff_s, e)
+                    await asyncio.sleep(backoff_s)
+                    backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
+                    continue
                 if not deliveries:
                     continue
                 started = time.perf_counter()

@@ -134,15 +134,18 @@ async def _apply(
     # The ledger's clock, read once per batch, truncated to what is hashed.
     received_at = clock().astimezone(UTC)
     orgs = {v.event.org for v in verdicts if isinstance(v, Admitted)}
-    # Re-checks may admit events of orgs not in `orgs`; those stay refused for
-    # this delivery only if their org's chain isn't locked, so lock every org a
-    # key-dependent refusal could belong to as well.
-    for v in verdicts:
-        if isinstance(v, Refused) and v.reason in _KEY_DEPENDENT:
-            org = subject_org(v.message.subject, subject_prefix)
-            if org:
-                orgs.add(org)
-    heads = await tx.lock_chains(orgs)
+    # A refusal for an unknown or revoked key may turn into an admission once
+    # keys registered earlier in this batch (or by another writer since the
+    # snapshot) are known, so the chain its subject names is locked too, if it
+    # exists.
+    maybe = {
+        org
+        for v in verdicts
+        if isinstance(v, Refused)
+        and v.reason in _KEY_DEPENDENT
+        and (org := subject_org(v.message.subject, subject_prefix))
+    }
+    heads = await tx.lock_chains(orgs, existing_only=maybe)
     keys = await tx.load_keys()
     existing = await tx.existing_event_ids(
         [(v.event.org, v.event.id) for v in verdicts if isinstance(v, Admitted)]

@@ -78,11 +78,25 @@ class PostureCounts:
     actions_total: int = 0
     actions_within: int = 0
     actions_outside: int = 0
-    observed_total: int = 0
     last_action_at: datetime | None = None
     last_violation: str | None = None
     last_violation_chain: str | None = None
     last_violation_seq: int | None = None
+
+
+@dataclass(slots=True)
+class ObservationCounts:
+    """What one gateway org has seen one agent do (written only from the observer's chain)."""
+
+    observer: str
+    org: str
+    agent: str
+    observed_total: int = 0
+    last_observed_at: datetime | None = None
+
+
+ObservationKey = tuple[str, str, str]
+"""(org, agent, observer)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +138,11 @@ class PostureProjector:
     agents: dict[AgentKey, AgentRecord] = field(default_factory=dict)
     commitments: dict[AgentKey, dict[str, Commitment]] = field(default_factory=dict)
     posture: dict[AgentKey, PostureCounts] = field(default_factory=dict)
+    observations: dict[ObservationKey, ObservationCounts] = field(default_factory=dict)
     dirty_agents: set[AgentKey] = field(default_factory=set)
     dirty_commitments: set[tuple[str, str, str]] = field(default_factory=set)
     dirty_posture: set[AgentKey] = field(default_factory=set)
+    dirty_observations: set[ObservationKey] = field(default_factory=set)
 
     def _counts(self, key: AgentKey) -> PostureCounts:
         counts = self.posture.get(key)
@@ -196,8 +212,26 @@ class PostureProjector:
                 counts.last_violation_seq = seq
             return verdict
         elif isinstance(event, ActionObserved):
-            self._counts((event.agent_org, event.agent)).observed_total += 1
+            okey = (event.agent_org, event.agent, event.org)
+            seen = self.observations.get(okey)
+            if seen is None:
+                seen = self.observations[okey] = ObservationCounts(
+                    event.org, event.agent_org, event.agent
+                )
+            seen.observed_total += 1
+            if seen.last_observed_at is None or event.occurred_at > seen.last_observed_at:
+                seen.last_observed_at = event.occurred_at
+            self.dirty_observations.add(okey)
         return None
+
+    def mark_all_dirty(self) -> None:
+        """Treat every row as changed (a rebuild writes everything)."""
+        self.dirty_agents = set(self.agents)
+        self.dirty_commitments = {
+            (org, agent, cid) for (org, agent), by_id in self.commitments.items() for cid in by_id
+        }
+        self.dirty_posture = set(self.posture)
+        self.dirty_observations = set(self.observations)
 
 
 WATCH_SHARE_PERMILLE = 100
