@@ -56,6 +56,17 @@ CREATE TABLE quarantine (
 
 CREATE INDEX quarantine_org ON quarantine (claimed_org, id);
 
+-- Where each ingest consumer has got to in the stream, written in the same
+-- transaction as the entries it produced. At start the consumer is recreated
+-- from here, so after a crash delivery resumes exactly after the last commit,
+-- in stream order (redelivery by the broker could otherwise overtake it).
+CREATE TABLE ingest_positions (
+    consumer        text PRIMARY KEY,
+    stream          text NOT NULL,
+    stream_created  text NOT NULL,          -- identifies the stream incarnation
+    stream_seq      bigint NOT NULL
+);
+
 -- Append-only, enforced by the database: whatever the application does, rows of
 -- the log and the quarantine can be neither changed nor removed.
 CREATE FUNCTION trustledger_refuse_change() RETURNS trigger

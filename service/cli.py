@@ -22,7 +22,7 @@ import msgspec
 
 from service import logs
 from service.adapters.embedded import EmbeddedServerError
-from service.config import Settings, load_settings
+from service.config import Settings, load_settings, parse_log_level
 from service.domain.events import (
     Event,
     EventDecodeError,
@@ -106,7 +106,7 @@ def cmd_role(args: argparse.Namespace) -> int:
 def cmd_migrate(args: argparse.Namespace) -> int:
     from service.adapters.migrations import migrate
 
-    dsn, _ = _settings(args).require_servers()
+    dsn = _settings(args).require_database()
     applied = _run(migrate(dsn))
     print(f"applied {len(applied)} migration(s)" if applied else "database is up to date")
     return EXIT_OK
@@ -115,11 +115,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def _store_call(settings: Settings, fn: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
     from service.adapters.postgres import LedgerStore
 
-    if not settings.database_url:
-        raise ConfigError("DATABASE_URL not set and no `trustledger up` running on this data dir")
+    dsn = settings.require_database()
 
     async def go() -> T:
-        store = await LedgerStore.connect(settings.database_url or "", max_size=2)
+        store = await LedgerStore.connect(dsn, max_size=2)
         try:
             return await fn(store)
         finally:
@@ -150,7 +149,7 @@ def register_new_key(settings: Settings, org: str, label: str) -> tuple[SigningK
         raise ConfigError(f"invalid org id {org!r}: {e.detail}") from e
     outcome = _store_call(
         settings,
-        lambda store: append_operator_event(store, event, data, key.key_id, key.sign(data)),
+        lambda store: append_operator_event(store, data, key.key_id, key.sign(data)),
     )
     return key, outcome.chains[org]
 
@@ -225,7 +224,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from service.adapters.publisher import Publisher
 
     settings = _settings(args)
-    _, nats_url = settings.require_servers()
+    nats_url = settings.require_nats()
     key = load_key(Path(args.key))
     events = _read_events(args.files, key.org)
 
@@ -244,7 +243,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from service.app.demo import AGENT_ORG, GATEWAY_ORG, story
 
     settings = _settings(args)
-    _, nats_url = settings.require_servers()
+    nats_url = settings.require_nats()
     key_dir = settings.data_dir / "demo-keys"
     key_dir.mkdir(parents=True, exist_ok=True)
     keys: dict[str, SigningKey] = {}
@@ -338,9 +337,13 @@ def _parser() -> argparse.ArgumentParser:
         p = with_data_dir(
             sub.add_parser(role, help=f"run the {role} role (needs DATABASE_URL, NATS_URL)")
         )
-        if role == "api":
-            p.add_argument("--host", default=None)
-            p.add_argument("--port", type=int, default=None)
+        p.add_argument("--host", default=None, help="HTTP host (default 127.0.0.1)")
+        p.add_argument(
+            "--port",
+            type=int,
+            default=None,
+            help="HTTP port (default 8000); ingest and scheduler serve /healthz, /readyz, /metrics",
+        )
         p.set_defaults(fn=cmd_role)
 
     with_data_dir(sub.add_parser("migrate", help="apply pending database migrations")).set_defaults(
@@ -398,10 +401,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    env_level = os.environ.get("TRUSTLEDGER_LOG_LEVEL", "INFO")
-    logs.configure(
-        (args.log_level or env_level).upper(), os.environ.get("TRUSTLEDGER_LOG_FORMAT", "text")
-    )
+    try:
+        level = parse_log_level(args.log_level or os.environ.get("TRUSTLEDGER_LOG_LEVEL") or "INFO")
+        log_format = os.environ.get("TRUSTLEDGER_LOG_FORMAT", "text")
+        if log_format not in ("text", "json"):
+            raise ConfigError(f"TRUSTLEDGER_LOG_FORMAT must be text or json, got {log_format!r}")
+    except ConfigError as e:
+        print(f"trustledger: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    logs.configure(level, log_format)
     try:
         code: int = args.fn(args)
     except (ConfigError, MigrationError) as e:

@@ -13,7 +13,6 @@ and passes it down.
 | TRUSTLEDGER_SUBJECT_PREFIX        | tl                              |
 | TRUSTLEDGER_CONSUMER              | ingest                          |
 | TRUSTLEDGER_BATCH_MAX             | 500 events                      |
-| TRUSTLEDGER_BATCH_WAIT_MS         | 50                              |
 | TRUSTLEDGER_DUPLICATE_WINDOW_S    | 120                             |
 | TRUSTLEDGER_LOG_LEVEL             | INFO                            |
 | TRUSTLEDGER_LOG_FORMAT            | text (or json)                  |
@@ -47,7 +46,6 @@ class Settings:
     subject_prefix: str = "tl"
     consumer: str = "ingest"
     batch_max: int = 500
-    batch_wait_s: float = 0.05
     duplicate_window_s: float = 120.0
     log_level: str = "INFO"
     log_format: str = "text"
@@ -60,6 +58,20 @@ class Settings:
     def with_servers(self, database_url: str, nats_url: str) -> Settings:
         """A copy pointing at the given servers (used after starting embedded ones)."""
         return replace(self, database_url=database_url, nats_url=nats_url)
+
+    def require_database(self) -> str:
+        """The database URL, or a clear error."""
+        if not self.database_url:
+            raise ConfigError(
+                "DATABASE_URL not set: set it, or run `trustledger up` on this data dir"
+            )
+        return self.database_url
+
+    def require_nats(self) -> str:
+        """The NATS URL, or a clear error."""
+        if not self.nats_url:
+            raise ConfigError("NATS_URL not set: set it, or run `trustledger up` on this data dir")
+        return self.nats_url
 
     def require_servers(self) -> tuple[str, str]:
         """The database and NATS URLs, or a clear error naming what is missing."""
@@ -92,6 +104,16 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> i
     return value
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def parse_log_level(raw: str) -> str:
+    level = raw.upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {raw!r}")
+    return level
+
+
 def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
     """Read settings from `env` (default: the process environment), then apply overrides."""
     env = os.environ if env is None else env
@@ -106,11 +128,10 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
         subject_prefix=env.get("TRUSTLEDGER_SUBJECT_PREFIX") or defaults.subject_prefix,
         consumer=env.get("TRUSTLEDGER_CONSUMER") or defaults.consumer,
         batch_max=_int(env, "TRUSTLEDGER_BATCH_MAX", defaults.batch_max),
-        batch_wait_s=_int(env, "TRUSTLEDGER_BATCH_WAIT_MS", 50) / 1000,
         duplicate_window_s=float(
             _int(env, "TRUSTLEDGER_DUPLICATE_WINDOW_S", int(defaults.duplicate_window_s))
         ),
-        log_level=(env.get("TRUSTLEDGER_LOG_LEVEL") or defaults.log_level).upper(),
+        log_level=parse_log_level(env.get("TRUSTLEDGER_LOG_LEVEL") or defaults.log_level),
         log_format=env.get("TRUSTLEDGER_LOG_FORMAT") or defaults.log_format,
     )
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]

@@ -7,6 +7,7 @@
     ├── BrokerError            NATS / JetStream failed
     ├── EmbeddedServerError    an embedded server would not start (service.adapters.embedded)
     ├── NotFoundError          a queried org, agent or entry does not exist
+    ├── AdmissionError         an event handed in directly (not via NATS) was refused
     └── PublishError           a publisher could not get an event accepted by the broker
 
 The CLI maps these to exit codes in one place (`service.cli`), the HTTP API to
@@ -38,6 +39,10 @@ class BrokerError(TrustLedgerError):
 
 class NotFoundError(TrustLedgerError):
     """The requested resource does not exist."""
+
+
+class AdmissionError(TrustLedgerError):
+    """An event submitted directly (by the operator) failed admission; says why."""
 
 
 class PublishError(TrustLedgerError):

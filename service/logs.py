@@ -33,6 +33,6 @@ def configure(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # Third-party chatter stays at warnings unless we debug.
+    # Third-party chatter stays at warnings, except when debugging.
     for noisy in ("uvicorn.error", "apscheduler", "nats", "pgserver"):
-        logging.getLogger(noisy).setLevel(max(logging.getLevelName(level), logging.WARNING))
+        logging.getLogger(noisy).setLevel(level if level == "DEBUG" else "WARNING")

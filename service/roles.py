@@ -24,7 +24,7 @@ from service import metrics
 from service.adapters import broker
 from service.adapters.embedded import EmbeddedNats, EmbeddedPostgres
 from service.adapters.migrations import migrate
-from service.adapters.postgres import LedgerStore
+from service.adapters.postgres import LedgerStore, StreamPosition
 from service.api.app import HealthCheck, create_app
 from service.app.consumer import IngestWorker
 from service.app.verify import verify_all
@@ -61,13 +61,17 @@ async def run_roles(settings: Settings, roles: Roles, stop: asyncio.Event) -> No
     dsn, nats_url = settings.require_servers()
     await migrate(dsn)
     store = await LedgerStore.connect(dsn)
-    nc = await broker.connect(nats_url, name=f"trustledger-{'-'.join(roles.names)}")
+    try:
+        nc = await broker.connect(nats_url, name=f"trustledger-{'-'.join(roles.names)}")
+    except BaseException:
+        await store.close()
+        raise
     tasks: list[asyncio.Task[None]] = []
     scheduler: AsyncIOScheduler | None = None
     server: _Server | None = None
     try:
         js = nc.jetstream()
-        await broker.ensure_stream(js, settings)
+        stream_created = await broker.ensure_stream(js, settings)
 
         async def nats_ready() -> None:
             if not nc.is_connected:
@@ -76,8 +80,11 @@ async def run_roles(settings: Settings, roles: Roles, stop: asyncio.Event) -> No
         checks: dict[str, HealthCheck] = {"postgres": store.ping, "nats": nats_ready}
 
         if roles.ingest:
-            consumer = await broker.EventConsumer.bind(js, settings)
-            worker = IngestWorker(store, consumer, settings.subject_prefix, settings.batch_max)
+            position = await _start_position(store, settings, stream_created)
+            consumer = await broker.EventConsumer.bind(js, settings, position.stream_seq)
+            worker = IngestWorker(
+                store, consumer, settings.subject_prefix, settings.batch_max, position
+            )
             tasks.append(asyncio.create_task(worker.run(stop), name="ingest"))
 
             async def ingest_ready() -> None:
@@ -90,18 +97,18 @@ async def run_roles(settings: Settings, roles: Roles, stop: asyncio.Event) -> No
             scheduler = _scheduler(store)
             scheduler.start()
 
-        if roles.api:
-            app = create_app(store, checks)
-            config = uvicorn.Config(
-                app,
-                host=settings.host,
-                port=settings.port,
-                log_config=None,
-                access_log=False,
-                lifespan="on",
-            )
-            server = _Server(config)
-            tasks.append(asyncio.create_task(server.serve(), name="api"))
+        # Every process serves health and metrics; only the api role serves /v1.
+        app = create_app(store, checks, query_api=roles.api)
+        config = uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+        )
+        server = _Server(config)
+        tasks.append(asyncio.create_task(server.serve(), name="http"))
 
         log.info("running %s", ", ".join(roles.names))
         stopper = asyncio.create_task(stop.wait())
@@ -125,6 +132,25 @@ async def run_roles(settings: Settings, roles: Roles, stop: asyncio.Event) -> No
         await nc.close()
         await store.close()
         log.info("stopped")
+
+
+async def _start_position(
+    store: LedgerStore, settings: Settings, stream_created: str
+) -> StreamPosition:
+    """Where ingest resumes: after the last committed message of this stream incarnation."""
+    fresh = StreamPosition(settings.consumer, settings.stream, stream_created, 0)
+    saved = await store.stream_position(settings.consumer)
+    if saved is None:
+        return fresh
+    if (saved.stream, saved.stream_created) != (settings.stream, stream_created):
+        # Sequence numbers restarted with a new stream: start at its beginning;
+        # the ledger's event-id uniqueness drops anything already chained.
+        log.warning(
+            "stream %s is not the one ingest last read (%s created %s); reading it from the start",
+            settings.stream, saved.stream, saved.stream_created,
+        )  # fmt: skip
+        return fresh
+    return saved
 
 
 def _scheduler(store: LedgerStore) -> AsyncIOScheduler:

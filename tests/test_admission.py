@@ -159,3 +159,15 @@ def test_subject_org_reads_org_token_when_subject_has_the_documented_shape(
 ) -> None:
     """`<prefix>.ev.<org>.<agent>` yields the org; any other shape yields None."""
     assert subject_org(subject, prefix) == org
+
+
+def test_admit_refuses_when_event_repeats_a_member() -> None:
+    """An object with a repeated member is schema_invalid: parsers disagree on which one wins."""
+    data = _action().replace(
+        b'"kind":"action.performed"', b'"kind":"action.performed","agent":"x"', 1
+    )
+    assert data.count(b'"agent"') == 2
+    verdict = admit(_message(data), KEYS, "tl")
+    assert isinstance(verdict, Refused)
+    assert verdict.reason == "schema_invalid"
+    assert "duplicate member" in verdict.detail

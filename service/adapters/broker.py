@@ -8,6 +8,7 @@ acks each message explicitly after the batch is committed to PostgreSQL.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,8 +69,11 @@ def stream_config(settings: Settings) -> StreamConfig:
     )
 
 
-async def ensure_stream(js: JetStreamContext, settings: Settings) -> None:
-    """Create the stream, or update it to the configured settings; idempotent."""
+async def ensure_stream(js: JetStreamContext, settings: Settings) -> str:
+    """Create the stream, or update it to the configured settings; idempotent.
+
+    Returns the stream's creation time, which tells one incarnation of the
+    stream from another (sequence numbers restart when a stream is recreated)."""
     config = stream_config(settings)
     try:
         try:
@@ -79,8 +83,10 @@ async def ensure_stream(js: JetStreamContext, settings: Settings) -> None:
             log.info("created stream %s for %s", settings.stream, settings.event_subjects)
         else:
             await js.update_stream(config)
-    except (TimeoutError, nats.errors.Error) as e:
+        info = await js.stream_info(settings.stream)
+    except (nats.errors.Error, TimeoutError) as e:
         raise BrokerError(f"cannot create or update stream {settings.stream}: {e}") from e
+    return info.created.isoformat() if info.created else "unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,26 +104,51 @@ class EventConsumer:
         self._sub = sub
 
     @classmethod
-    async def bind(cls, js: JetStreamContext, settings: Settings) -> EventConsumer:
+    async def bind(cls, js: JetStreamContext, settings: Settings, after_seq: int) -> EventConsumer:
+        """(Re)create the durable consumer to deliver from `after_seq + 1`, and bind to it.
+
+        The ledger, not the broker, knows how far ingest has got: the position
+        is committed with each batch. Recreating the consumer from it means a
+        crashed batch is delivered again *before* anything published after it,
+        which broker redelivery (after `ack_wait`, behind newer messages) would
+        not guarantee. One process per consumer name."""
+        start = (
+            {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": after_seq + 1}
+            if after_seq > 0
+            else {"deliver_policy": DeliverPolicy.ALL}
+        )
         config = ConsumerConfig(
             durable_name=settings.consumer,
             ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
             ack_wait=ACK_WAIT_S,
+            filter_subject=settings.event_subjects,
             # Bounded in-flight work: the backlog waits in the stream, not in memory.
             max_ack_pending=settings.batch_max * 4,
             max_waiting=16,
+            **start,
         )
         try:
-            sub = await js.pull_subscribe(
-                settings.event_subjects,
-                durable=settings.consumer,
-                stream=settings.stream,
-                config=config,
-            )
-        except (TimeoutError, nats.errors.Error) as e:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await js.delete_consumer(settings.stream, settings.consumer)
+            await js.add_consumer(settings.stream, config)
+            sub = await js.pull_subscribe_bind(settings.consumer, settings.stream)
+        except (nats.errors.Error, TimeoutError) as e:
             raise BrokerError(f"cannot bind consumer {settings.consumer}: {e}") from e
+        log.info(
+            "consumer %s delivers %s from stream seq %d",
+            settings.consumer,
+            settings.event_subjects,
+            after_seq + 1,
+        )
         return cls(sub)
+
+    async def in_progress(self, deliveries: Sequence[Delivery]) -> None:
+        """Tell the broker we are still working (a commit is being retried)."""
+        try:
+            for d in deliveries:
+                await d.msg.in_progress()
+        except nats.errors.Error as e:
+            log.debug("in_progress: %s", e)
 
     async def fetch(self, batch_max: int, timeout_s: float) -> list[Delivery]:
         """Up to `batch_max` messages: whatever is ready now, else wait up to `timeout_s`."""
@@ -138,14 +169,6 @@ class EventConsumer:
             # The batch is committed; a lost ack only means a redelivery the
             # ledger will recognise as a duplicate.
             log.warning("ack failed after commit (will be redelivered and deduplicated): %s", e)
-
-    async def nak(self, deliveries: Sequence[Delivery], delay_s: float) -> None:
-        """Ask for redelivery after `delay_s` (the batch could not be committed)."""
-        try:
-            for d in deliveries:
-                await d.msg.nak(delay=delay_s)
-        except nats.errors.Error as e:
-            log.warning("nak failed (messages will be redelivered after ack_wait): %s", e)
 
     async def unsubscribe(self) -> None:
         try:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import asyncpg
 
-from service.errors import MigrationError
+from service.errors import MigrationError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,13 @@ def plan(files: list[Migration], applied: list[tuple[int, str, str]]) -> list[Mi
                 f"({version:04d}_{name}, sha256 {checksum[:12]}…): migrations must never be edited"
             )
     done = {version for version, _, _ in applied}
+    latest = max(done, default=0)
+    for migration in files:
+        if migration.version < latest and migration.version not in done:
+            raise MigrationError(
+                f"migration {migration.version:04d}_{migration.name} was never applied but "
+                f"{latest:04d} was: applied migrations must be a prefix of the files"
+            )
     return [m for m in files if m.version not in done]
 
 
@@ -86,8 +93,8 @@ async def migrate(dsn: str, directory: Path | None = None) -> list[Migration]:
     files = load_migrations(directory or migrations_dir())
     try:
         conn = await asyncpg.connect(dsn)
-    except (OSError, asyncpg.PostgresError) as e:
-        raise MigrationError(f"cannot connect to PostgreSQL: {e}") from e
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        raise StorageError(f"cannot connect to PostgreSQL: {e}") from e
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
         await conn.execute(

@@ -45,6 +45,16 @@ _terms_decoder = msgspec.json.Decoder(CommitmentTerms)
 _encoder = msgspec.json.Encoder()
 
 
+@dataclass(frozen=True, slots=True)
+class StreamPosition:
+    """The last stream sequence a consumer has committed, in one stream incarnation."""
+
+    consumer: str
+    stream: str
+    stream_created: str
+    stream_seq: int
+
+
 @dataclass(slots=True)
 class ChainHead:
     chain: str
@@ -189,6 +199,19 @@ class LedgerTx:
 
     async def load_keys(self) -> dict[str, PublisherKey]:
         return await _load_keys(self._conn)
+
+    async def save_position(self, position: StreamPosition) -> None:
+        """Record how far the consumer has got, with the batch it belongs to."""
+        await self._conn.execute(
+            "INSERT INTO ingest_positions (consumer, stream, stream_created, stream_seq)"
+            " VALUES ($1, $2, $3, $4) ON CONFLICT (consumer) DO UPDATE SET"
+            " stream = EXCLUDED.stream, stream_created = EXCLUDED.stream_created,"
+            " stream_seq = EXCLUDED.stream_seq",
+            position.consumer,
+            position.stream,
+            position.stream_created,
+            position.stream_seq,
+        )
 
     async def append_entries(self, entries: Sequence[EntryRow]) -> None:
         if entries:
@@ -432,6 +455,15 @@ class LedgerStore:
     async def ping(self) -> None:
         async with translate_errors("PostgreSQL health check"):
             await self._pool.fetchval("SELECT 1")
+
+    async def stream_position(self, consumer: str) -> StreamPosition | None:
+        async with translate_errors("reading the ingest position"):
+            r = await self._pool.fetchrow(
+                "SELECT consumer, stream, stream_created, stream_seq FROM ingest_positions"
+                " WHERE consumer = $1",
+                consumer,
+            )
+        return None if r is None else StreamPosition(**dict(r))
 
     async def load_keys(self) -> dict[str, PublisherKey]:
         async with translate_errors("loading publisher keys"):

@@ -42,20 +42,21 @@ async def readyz(state: State) -> Response[Readiness]:
 
 @get("/metrics", tags=["operations"], summary="Prometheus metrics", media_type=MediaType.TEXT)
 async def prometheus_metrics() -> Response[bytes]:
-    return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    # Litestar appends "; charset=utf-8" to text/* media types itself; naming it here too
+    # sent the parameter twice, which strict parsers (Go's mime, Prometheus 3) refuse.
+    return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
 
-def create_app(store: LedgerStore, health_checks: dict[str, HealthCheck]) -> Litestar:
-    """The API, bound to a store and the readiness checks of this process's dependencies."""
+def create_app(
+    store: LedgerStore, health_checks: dict[str, HealthCheck], query_api: bool = True
+) -> Litestar:
+    """The HTTP app of one process: health, readiness and metrics always; the `/v1`
+    query API for the `api` role (ingest and scheduler processes serve only the
+    operations endpoints, so each exposes its own metrics)."""
+    operations = [healthz, readyz, prometheus_metrics]
+    queries = [AgentController, ChainController, QuarantineController] if query_api else []
     return Litestar(
-        route_handlers=[
-            healthz,
-            readyz,
-            prometheus_metrics,
-            AgentController,
-            ChainController,
-            QuarantineController,
-        ],
+        route_handlers=[*operations, *queries],
         state=State({"store": store, "health_checks": health_checks}),
         exception_handlers=EXCEPTION_HANDLERS,
         # Logging is configured once by the entry point (service.logs), not by Litestar.

@@ -46,7 +46,12 @@ class AgentController(Controller):
         record = await store.agent(org, agent)
         counts = await store.posture(org, agent)
         observed = await store.observations(org, agent)
-        if record is None and counts is None and not observed:
+        if (
+            record is None
+            and counts is None
+            and not observed
+            and not await store.commitments(org, agent)
+        ):
             raise NotFoundError(f"no events about agent {org}/{agent} are in the ledger")
         retired = record is not None and record.retired_seq is not None
         band, score = band_of(counts, retired)
@@ -133,7 +138,8 @@ class ChainController(Controller):
                     received_at_us=to_micros(e.received_at),
                     key_id=e.key_id,
                     signature=e.signature.hex(),
-                    event=e.event_bytes.decode("utf-8", errors="replace"),
+                    # Admission only chains valid UTF-8 JSON, so this decode is exact.
+                    event=e.event_bytes.decode("utf-8"),
                     prev_hash=e.prev_hash.hex(),
                     entry_hash=e.entry_hash.hex(),
                 )

@@ -20,7 +20,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from service.adapters.postgres import ChainHead, EntryRow, LedgerStore, LedgerTx
+from service.adapters.postgres import ChainHead, EntryRow, LedgerStore, LedgerTx, StreamPosition
 from service.domain.admission import (
     Admitted,
     Incoming,
@@ -31,13 +31,15 @@ from service.domain.admission import (
 )
 from service.domain.chain import EntryFields, entry_hash, to_micros
 from service.domain.events import (
-    Event,
+    EventDecodeError,
     PublisherKeyRegistered,
     PublisherKeyRevoked,
     agent_of,
+    decode_event,
     event_kind,
 )
 from service.domain.signing import b64url, from_b64url
+from service.errors import AdmissionError
 
 Clock = Callable[[], datetime]
 
@@ -91,26 +93,44 @@ async def ingest_batch(
     subject_prefix: str,
     executor: Executor | None = None,
     clock: Clock = utc_now,
+    position: StreamPosition | None = None,
 ) -> BatchOutcome:
-    """Admit, chain, quarantine and project one batch of broker messages."""
+    """Admit, chain, quarantine and project one batch of broker messages.
+
+    `position`, when given, is stored in the same transaction: the consumer's
+    progress is exactly as durable as the entries it produced."""
     snapshot = await store.load_keys()
     verdicts = await admit_all(messages, snapshot, subject_prefix, executor)
     async with store.transaction() as tx:
-        return await _apply(tx, verdicts, subject_prefix, clock)
+        outcome = await _apply(tx, verdicts, subject_prefix, clock)
+        if position is not None:
+            await tx.save_position(position)
+        return outcome
 
 
 async def append_operator_event(
     store: LedgerStore,
-    event: Event,
     data: bytes,
     key_id: str,
     signature: bytes,
     clock: Clock = utc_now,
 ) -> BatchOutcome:
-    """Chain one event without the broker (an org's first key, registered by the operator).
+    """Chain one signed event without the broker, on the operator's authority.
 
-    The event must be signed by a key known to the registry or by the key it
-    registers, so the chain always says which key vouched for every entry."""
+    Used to register an org's first key: a `publisher_key.registered` event
+    signed by the very key it registers. Every other admission check still
+    applies (the signature must verify, the key id must match the public key),
+    so the chain always shows which key vouched for every entry."""
+    try:
+        event = decode_event(data)
+    except EventDecodeError as e:
+        raise AdmissionError(f"{e.reason}: {e.detail}") from e
+    keys = await store.load_keys()
+    if isinstance(event, PublisherKeyRegistered) and event.key_id == key_id and key_id not in keys:
+        try:
+            keys[key_id] = PublisherKey(key_id, event.org, from_b64url(event.public_key))
+        except ValueError as e:
+            raise AdmissionError(f"schema_invalid: public_key: {e}") from e
     message = Incoming(
         subject=f"operator.ev.{event.org}._",
         data=data,
@@ -118,9 +138,14 @@ async def append_operator_event(
         signature=b64url(signature),
         stream_seq=0,
     )
-    verdict: Admitted | Refused = Admitted(message, event, key_id, signature)
+    verdict = admit(message, keys, "operator")
+    if isinstance(verdict, Refused):
+        raise AdmissionError(f"{verdict.reason}: {verdict.detail}")
     async with store.transaction() as tx:
-        return await _apply(tx, [verdict], "operator", clock, bootstrap=True)
+        outcome = await _apply(tx, [verdict], "operator", clock, bootstrap=True)
+    if outcome.quarantined:
+        raise AdmissionError(f"refused: {', '.join(outcome.quarantined)}")
+    return outcome
 
 
 async def _apply(
@@ -168,10 +193,12 @@ async def _apply(
             continue
         head = heads.get(event.org)
         if head is None:
-            # Admitted only by a re-check for an org we did not lock: leave it
-            # for redelivery rather than append to an unlocked chain.
+            # Not reachable as the locks are taken above (a re-check can only
+            # admit an event whose key's org chain exists, and that chain is
+            # locked); should it ever happen, quarantine rather than append to
+            # a chain this transaction does not hold.
             refused.append(
-                Refused(verdict.message, "unknown_key", "key registered concurrently; retry")
+                Refused(verdict.message, "unknown_key", f"chain {event.org!r} was not locked")
             )
             continue
         seen.add((event.org, event.id))

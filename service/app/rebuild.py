@@ -1,10 +1,10 @@
 """Rebuild every projection from the log alone.
 
 Replays the chains in (chain, seq) order through the same `PostureProjector`
-that ingest uses, then swaps the result in atomically. Because projection
-row is written from exactly one chain (an agent's posture from its org's
-chain, a gateway's observations from the gateway org's chain) and chains are
-replayed in their own order, the result equals the incrementally maintained
+that ingest uses, then swaps the result in atomically. Every projection row is
+written from exactly one chain (an agent's posture from its org's chain, a
+gateway's observations from the gateway org's chain), and each chain is
+replayed in its own order, so the result equals the incrementally maintained
 tables byte for byte; `tests/test_ingest.py` checks exactly that.
 """
 

@@ -19,6 +19,7 @@ repurposed. Unknown fields are refused, so a typo never passes silently.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated
 
@@ -247,11 +248,28 @@ def decode_event(data: bytes) -> Event:
         raise EventDecodeError("schema_invalid", str(e)) from e
     except msgspec.DecodeError as e:
         raise EventDecodeError("malformed_json", str(e)) from e
+    _refuse_duplicate_members(data)
     for name, value in _times(event):
         offset = value.utcoffset()
         if offset is None or offset.total_seconds() != 0:
             raise EventDecodeError("schema_invalid", f"{name} must be UTC, got {value.isoformat()}")
     return event
+
+
+def _unique_members(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    names = [name for name, _ in pairs]
+    if len(set(names)) != len(names):
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        raise EventDecodeError("schema_invalid", f"duplicate member(s) {', '.join(repeated)}")
+    return dict(pairs)
+
+
+def _refuse_duplicate_members(data: bytes) -> None:
+    """Refuse `{"kind": "a", "kind": "b"}`-style objects.
+
+    JSON parsers disagree on which duplicate wins; an auditor's parser must
+    read exactly what the ledger read, so no event may have one."""
+    json.loads(data, object_pairs_hook=_unique_members)
 
 
 def encode_event(event: Event) -> bytes:

@@ -7,6 +7,7 @@ batch of checks over threads.
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass
 
 import blake3
@@ -23,12 +24,16 @@ def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
 def from_b64url(text: str) -> bytes:
-    """Decode base64url with or without padding; raises ValueError on bad input."""
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"not base64url: {e}") from e
+    """Decode unpadded base64url strictly; raises ValueError on anything else.
+
+    Strict, so that one signature has exactly one accepted spelling."""
+    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+        raise ValueError("not unpadded base64url (alphabet A-Z a-z 0-9 - _, no '=')")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def key_id_for(public_key: bytes) -> str:
