@@ -26,12 +26,11 @@ from service.config import Settings, load_settings, parse_log_level
 from service.domain.events import (
     Event,
     EventDecodeError,
-    PublisherKeyRegistered,
     decode_event,
-    encode_event,
 )
 from service.domain.signing import SigningKey, b64url, from_b64url
 from service.errors import (
+    AdmissionError,
     BrokerError,
     ConfigError,
     MigrationError,
@@ -128,30 +127,10 @@ def _store_call(settings: Settings, fn: Callable[[Any], Coroutine[Any, Any, T]])
 
 
 def register_new_key(settings: Settings, org: str, label: str) -> tuple[SigningKey, int]:
-    """Generate a key pair for `org` and chain its registration as the operator.
+    """Generate a key pair for `org` and chain its registration as the operator."""
+    from service.app.keys import register_new_key as register
 
-    Returns the key and the sequence number of its registration entry."""
-    from service.app.ingest import append_operator_event
-
-    key = SigningKey.generate(org)
-    event = PublisherKeyRegistered(
-        id=f"key-{key.key_id}",
-        org=org,
-        occurred_at=datetime.now(UTC),
-        key_id=key.key_id,
-        public_key=b64url(key.public_key),
-        label=label,
-    )
-    data = encode_event(event)
-    try:
-        decode_event(data)
-    except EventDecodeError as e:
-        raise ConfigError(f"invalid org id {org!r}: {e.detail}") from e
-    outcome = _store_call(
-        settings,
-        lambda store: append_operator_event(store, data, key.key_id, key.sign(data)),
-    )
-    return key, outcome.chains[org]
+    return _store_call(settings, lambda store: register(store, org, label))
 
 
 def save_key(key: SigningKey, path: Path) -> None:
@@ -412,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(level, log_format)
     try:
         code: int = args.fn(args)
-    except (ConfigError, MigrationError) as e:
+    except (ConfigError, MigrationError, AdmissionError) as e:
         log.error("%s", e)
         return EXIT_USAGE
     except (EmbeddedServerError, StorageError, BrokerError) as e:

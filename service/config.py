@@ -13,6 +13,7 @@ and passes it down.
 | TRUSTLEDGER_SUBJECT_PREFIX        | tl                              |
 | TRUSTLEDGER_CONSUMER              | ingest                          |
 | TRUSTLEDGER_BATCH_MAX             | 500 events                      |
+| TRUSTLEDGER_FETCH_WAIT_MS         | 100                             |
 | TRUSTLEDGER_DUPLICATE_WINDOW_S    | 120                             |
 | TRUSTLEDGER_LOG_LEVEL             | INFO                            |
 | TRUSTLEDGER_LOG_FORMAT            | text (or json)                  |
@@ -46,6 +47,9 @@ class Settings:
     subject_prefix: str = "tl"
     consumer: str = "ingest"
     batch_max: int = 500
+    fetch_wait_s: float = 0.1
+    """How long an idle fetch waits; also the most a lone event waits to be chained.
+    Under load a fetch returns at once with what is there, up to `batch_max`."""
     duplicate_window_s: float = 120.0
     log_level: str = "INFO"
     log_format: str = "text"
@@ -128,6 +132,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
         subject_prefix=env.get("TRUSTLEDGER_SUBJECT_PREFIX") or defaults.subject_prefix,
         consumer=env.get("TRUSTLEDGER_CONSUMER") or defaults.consumer,
         batch_max=_int(env, "TRUSTLEDGER_BATCH_MAX", defaults.batch_max),
+        fetch_wait_s=_int(env, "TRUSTLEDGER_FETCH_WAIT_MS", int(defaults.fetch_wait_s * 1000))
+        / 1000,
         duplicate_window_s=float(
             _int(env, "TRUSTLEDGER_DUPLICATE_WINDOW_S", int(defaults.duplicate_window_s))
         ),

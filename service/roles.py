@@ -83,7 +83,12 @@ async def run_roles(settings: Settings, roles: Roles, stop: asyncio.Event) -> No
             position = await _start_position(store, settings, stream_created)
             consumer = await broker.EventConsumer.bind(js, settings, position.stream_seq)
             worker = IngestWorker(
-                store, consumer, settings.subject_prefix, settings.batch_max, position
+                store,
+                consumer,
+                settings.subject_prefix,
+                settings.batch_max,
+                settings.fetch_wait_s,
+                position,
             )
             tasks.append(asyncio.create_task(worker.run(stop), name="ingest"))
 

@@ -124,7 +124,10 @@ class ChainController(Controller):
         after_seq: Annotated[int, Parameter(ge=0)] = 0,
         limit: Limit = 100,
     ) -> EntriesPage:
-        rows = await _store(state).entries(org, from_seq=after_seq + 1, limit=limit)
+        store = _store(state)
+        if await store.chain_head(org) is None:
+            raise NotFoundError(f"no chain for org {org!r}")
+        rows = await store.entries(org, from_seq=after_seq + 1, limit=limit)
         return EntriesPage(
             chain=org,
             entries=[

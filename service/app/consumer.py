@@ -26,7 +26,6 @@ from service.errors import BrokerError, StorageError
 
 log = logging.getLogger(__name__)
 
-IDLE_FETCH_S = 1.0
 MAX_BACKOFF_S = 10.0
 
 
@@ -39,6 +38,7 @@ class IngestWorker:
         consumer: EventConsumer,
         subject_prefix: str,
         batch_max: int,
+        fetch_wait_s: float,
         position: StreamPosition,
         verify_threads: int = 2,
     ) -> None:
@@ -46,6 +46,7 @@ class IngestWorker:
         self._consumer = consumer
         self._prefix = subject_prefix
         self._batch_max = batch_max
+        self._fetch_wait_s = fetch_wait_s
         self._position = position
         self._executor = ThreadPoolExecutor(verify_threads, thread_name_prefix="verify")
         self.running = False
@@ -61,7 +62,7 @@ class IngestWorker:
         try:
             while not stop.is_set():
                 try:
-                    deliveries = await self._consumer.fetch(self._batch_max, IDLE_FETCH_S)
+                    deliveries = await self._consumer.fetch(self._batch_max, self._fetch_wait_s)
                 except BrokerError as e:
                     # NATS is restarting or unreachable; the client reconnects on its own.
                     log.warning("fetch failed, retrying: %s", e)

@@ -1,0 +1,30 @@
+"""Publisher keys registered on the operator's authority."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from service.adapters.postgres import LedgerStore
+from service.app.ingest import append_operator_event
+from service.domain.events import PublisherKeyRegistered, encode_event
+from service.domain.signing import SigningKey, b64url
+
+
+async def register_new_key(store: LedgerStore, org: str, label: str = "") -> tuple[SigningKey, int]:
+    """Generate a key pair for `org` and chain its self-signed registration.
+
+    Returns the key and the sequence number of its registration entry. This is
+    how an org gets its first key; later keys can be registered over NATS by a
+    `publisher_key.registered` event signed with a key the org already has."""
+    key = SigningKey.generate(org)
+    event = PublisherKeyRegistered(
+        id=f"key-{key.key_id}",
+        org=org,
+        occurred_at=datetime.now(UTC),
+        key_id=key.key_id,
+        public_key=b64url(key.public_key),
+        label=label,
+    )
+    data = encode_event(event)
+    outcome = await append_operator_event(store, data, key.key_id, key.sign(data))
+    return key, outcome.chains[org]
