@@ -22,13 +22,14 @@ import msgspec
 
 from service import logs
 from service.adapters.embedded import EmbeddedServerError
+from service.adapters.keyfile import load_key, save_key
 from service.config import Settings, load_settings, parse_log_level
 from service.domain.events import (
     Event,
     EventDecodeError,
     decode_event,
 )
-from service.domain.signing import SigningKey, b64url, from_b64url
+from service.domain.signing import SigningKey
 from service.errors import (
     AdmissionError,
     BrokerError,
@@ -133,26 +134,6 @@ def register_new_key(settings: Settings, org: str, label: str) -> tuple[SigningK
     return _store_call(settings, lambda store: register(store, org, label))
 
 
-def save_key(key: SigningKey, path: Path) -> None:
-    """Write a private key file readable only by its owner; never overwrite one."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError as e:
-        raise ConfigError(f"{path} exists; refusing to overwrite a private key") from e
-    with os.fdopen(fd, "w") as f:
-        json.dump(
-            {
-                "org": key.org,
-                "key_id": key.key_id,
-                "seed": b64url(key.seed),
-                "public_key": b64url(key.public_key),
-            },
-            f,
-            indent=2,
-        )
-        f.write("\n")
-
-
 def cmd_keys_create(args: argparse.Namespace) -> int:
     out = Path(args.out or f"{args.org}.key.json")
     if out.exists():
@@ -163,15 +144,6 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
         f"registered key {key.key_id} for org {args.org} at {args.org}#{seq}; private key in {out}"
     )
     return EXIT_OK
-
-
-def load_key(path: Path) -> SigningKey:
-    """Read a key file written by `trustledger keys create`."""
-    try:
-        raw = json.loads(path.read_text())
-        return SigningKey(org=raw["org"], seed=from_b64url(raw["seed"]))
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"{path}: not a trustledger key file ({e})") from e
 
 
 def _read_events(sources: Sequence[str], org: str) -> list[Event]:
@@ -284,16 +256,39 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger_verify(args: argparse.Namespace) -> int:
-    from service.app.verify import verify_all
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.app.verify import parallel_verifier, verify_all
 
     progress = Progress("entries verified")
-    breaks = _store_call(_settings(args), lambda store: verify_all(store, {}, args.org, progress))
+    with ThreadPoolExecutor(2) as pool:
+        findings = _store_call(
+            _settings(args),
+            lambda store: verify_all(store, args.org, parallel_verifier(pool), progress),
+        )
     progress.done()
-    for b in breaks:
-        print(f"BROKEN {b.chain}#{b.seq}: {b.reason}")
-    if not breaks:
-        print(f"ok: {progress.count:,} entries verified")
-    return EXIT_FAILED if breaks else EXIT_OK
+    for finding in findings:
+        print(f"BROKEN {finding}")
+    if not findings:
+        print(f"ok: {progress.count:,} entries verified, every link, signature and checkpoint")
+    return EXIT_FAILED if findings else EXIT_OK
+
+
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    from service.app.checkpoints import make_checkpoint, make_due_checkpoints
+    from service.roles import load_ledger_signer
+
+    settings = _settings(args)
+
+    async def go(store: Any) -> list[Any]:
+        signer = await load_ledger_signer(store, settings)
+        if args.org:
+            return [await make_checkpoint(store, signer, args.org)]
+        return list(await make_due_checkpoints(store, signer))
+
+    for made in _store_call(settings, go):
+        print(made.note, end="")
+    return EXIT_OK
 
 
 # ---- argument parsing ----------------------------------------------------------------
@@ -375,6 +370,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--org", help="only this org's chain")
     verify.set_defaults(fn=cmd_ledger_verify)
+
+    checkpoint = with_data_dir(
+        sub.add_parser(
+            "checkpoint", help="sign checkpoints now (of one org, or of every chain that moved)"
+        )
+    )
+    checkpoint.add_argument("--org", help="this org's chain, even if unchanged")
+    checkpoint.set_defaults(fn=cmd_checkpoint)
     return parser
 
 

@@ -15,6 +15,9 @@ and passes it down.
 | TRUSTLEDGER_BATCH_MAX             | 500 events                      |
 | TRUSTLEDGER_FETCH_WAIT_MS         | 100                             |
 | TRUSTLEDGER_DUPLICATE_WINDOW_S    | 120                             |
+| TRUSTLEDGER_LEDGER_NAME           | trustledger.local               |
+| TRUSTLEDGER_LEDGER_KEY_FILE       | <data dir>/ledger-key.json      |
+| TRUSTLEDGER_CHECKPOINT_INTERVAL_S | 60                              |
 | TRUSTLEDGER_LOG_LEVEL             | INFO                            |
 | TRUSTLEDGER_LOG_FORMAT            | text (or json)                  |
 """
@@ -32,6 +35,7 @@ import platformdirs
 from service.errors import ConfigError
 
 _SUBJECT_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+_KEY_NAME = re.compile(r"^[A-Za-z0-9._~/:-]{1,200}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +55,11 @@ class Settings:
     """How long an idle fetch waits; also the most a lone event waits to be chained.
     Under load a fetch returns at once with what is there, up to `batch_max`."""
     duplicate_window_s: float = 120.0
+    ledger_name: str = "trustledger.local"
+    """Names the ledger in checkpoints (origin `<name>/<chain>`) and its note key."""
+    ledger_key_file: Path | None = None
+    """The ledger's Ed25519 signing key; `<data dir>/ledger-key.json` when unset."""
+    checkpoint_interval_s: int = 60
     log_level: str = "INFO"
     log_format: str = "text"
 
@@ -58,6 +67,10 @@ class Settings:
     def event_subjects(self) -> str:
         """The stream's subject filter: `<prefix>.ev.<org>.<agent or _>`."""
         return f"{self.subject_prefix}.ev.*.*"
+
+    @property
+    def ledger_key_path(self) -> Path:
+        return self.ledger_key_file or self.data_dir / "ledger-key.json"
 
     def with_servers(self, database_url: str, nats_url: str) -> Settings:
         """A copy pointing at the given servers (used after starting embedded ones)."""
@@ -137,6 +150,15 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
         duplicate_window_s=float(
             _int(env, "TRUSTLEDGER_DUPLICATE_WINDOW_S", int(defaults.duplicate_window_s))
         ),
+        ledger_name=env.get("TRUSTLEDGER_LEDGER_NAME") or defaults.ledger_name,
+        ledger_key_file=(
+            Path(env["TRUSTLEDGER_LEDGER_KEY_FILE"]).expanduser()
+            if env.get("TRUSTLEDGER_LEDGER_KEY_FILE")
+            else None
+        ),
+        checkpoint_interval_s=_int(
+            env, "TRUSTLEDGER_CHECKPOINT_INTERVAL_S", defaults.checkpoint_interval_s
+        ),
         log_level=parse_log_level(env.get("TRUSTLEDGER_LOG_LEVEL") or defaults.log_level),
         log_format=env.get("TRUSTLEDGER_LOG_FORMAT") or defaults.log_format,
     )
@@ -146,6 +168,11 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
             raise ConfigError(
                 f"{name} must be letters, digits, '-' or '_', got {getattr(settings, name)!r}"
             )
+    if not _KEY_NAME.match(settings.ledger_name):
+        raise ConfigError(
+            f"TRUSTLEDGER_LEDGER_NAME must be a schema-less URL-like name without spaces or '+',"
+            f" got {settings.ledger_name!r}"
+        )
     if settings.log_format not in ("text", "json"):
         raise ConfigError(
             f"TRUSTLEDGER_LOG_FORMAT must be text or json, got {settings.log_format!r}"

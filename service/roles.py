@@ -15,6 +15,7 @@ import os
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import uvicorn
@@ -23,13 +24,16 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from service import metrics
 from service.adapters import broker
 from service.adapters.embedded import EmbeddedNats, EmbeddedPostgres
+from service.adapters.keyfile import load_or_create_key
 from service.adapters.migrations import migrate
 from service.adapters.postgres import LedgerStore, StreamPosition
 from service.api.app import HealthCheck, create_app
+from service.app.checkpoints import make_due_checkpoints
 from service.app.consumer import IngestWorker
-from service.app.verify import verify_all
+from service.app.ledger_key import LedgerSigner, ensure_registered
+from service.app.verify import IncrementalVerifier
 from service.config import Settings
-from service.domain.chain import ChainWalker
+from service.domain.audit import LEDGER_CHAIN
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +73,7 @@ async def run_roles(settings: Settings, roles: Roles, stop: asyncio.Event) -> No
     tasks: list[asyncio.Task[None]] = []
     scheduler: AsyncIOScheduler | None = None
     server: _Server | None = None
+    signer: LedgerSigner | None = None
     try:
         js = nc.jetstream()
         stream_created = await broker.ensure_stream(js, settings)
@@ -98,12 +103,22 @@ async def run_roles(settings: Settings, roles: Roles, stop: asyncio.Event) -> No
 
             checks["ingest"] = ingest_ready
 
+        if roles.scheduler or roles.api:
+            signer = await load_ledger_signer(store, settings)
         if roles.scheduler:
-            scheduler = _scheduler(store)
+            assert signer is not None
+            verifier = IncrementalVerifier(store)
+            scheduler = _scheduler(store, signer, verifier, settings)
             scheduler.start()
 
+            async def ledger_verified() -> None:
+                if verifier.broken:
+                    raise RuntimeError("; ".join(str(f) for f in verifier.broken.values()))
+
+            checks["ledger"] = ledger_verified
+
         # Every process serves health and metrics; only the api role serves /v1.
-        app = create_app(store, checks, query_api=roles.api)
+        app = create_app(store, checks, query_api=roles.api, signer=signer if roles.api else None)
         config = uvicorn.Config(
             app,
             host=settings.host,
@@ -158,29 +173,43 @@ async def _start_position(
     return saved
 
 
-def _scheduler(store: LedgerStore) -> AsyncIOScheduler:
-    """Jobs that keep running without events: incremental chain verification."""
-    walkers: dict[str, ChainWalker] = {}
+def _scheduler(
+    store: LedgerStore, signer: LedgerSigner, verifier: IncrementalVerifier, settings: Settings
+) -> AsyncIOScheduler:
+    """Jobs that run without events: signed checkpoints, incremental verification."""
     scheduler = AsyncIOScheduler(timezone="UTC")
 
-    async def verify_new_entries() -> None:
-        breaks = await verify_all(store, walkers)
-        broken = {b.chain: b for b in breaks}
-        for chain, walker in walkers.items():
-            metrics.CHAIN_VERIFIED_SEQ.labels(chain).set(walker.next_seq - 1)
-            metrics.CHAIN_BROKEN.labels(chain).set(1 if chain in broken else 0)
-        for b in breaks:
-            log.error("chain %s is broken at seq %d: %s", b.chain, b.seq, b.reason)
+    async def checkpoint_moved_chains() -> None:
+        for made in await make_due_checkpoints(store, signer):
+            log.info("checkpoint %s at size %d", made.chain, made.size)
 
-    scheduler.add_job(
-        verify_new_entries,
-        "interval",
-        seconds=VERIFY_INTERVAL_S,
-        id="verify-chains",
-        max_instances=1,
-        coalesce=True,
-    )
+    async def verify_new_entries() -> None:
+        broken = await verifier.run()
+        for chain, auditor in verifier.auditors.items():
+            metrics.CHAIN_VERIFIED_SEQ.labels(chain).set(auditor.last_seq)
+            metrics.CHAIN_BROKEN.labels(chain).set(1 if chain in broken else 0)
+        for finding in broken.values():
+            log.error("ledger verification failed: %s", finding)
+
+    for job, seconds, name in (
+        (checkpoint_moved_chains, settings.checkpoint_interval_s, "checkpoints"),
+        (verify_new_entries, VERIFY_INTERVAL_S, "verify-chains"),
+    ):
+        scheduler.add_job(
+            job, "interval", seconds=seconds, id=name, max_instances=1, coalesce=True,
+            next_run_time=datetime.now(UTC),
+        )  # fmt: skip
     return scheduler
+
+
+async def load_ledger_signer(store: LedgerStore, settings: Settings) -> LedgerSigner:
+    """The ledger key from its file (created on first start), registered in `_ledger`."""
+    key, created = load_or_create_key(settings.ledger_key_path, LEDGER_CHAIN)
+    if created:
+        log.info("created the ledger signing key %s in %s", key.key_id, settings.ledger_key_path)
+    signer = LedgerSigner(settings.ledger_name, key)
+    await ensure_registered(store, signer)
+    return signer
 
 
 def _install_stop_signals(stop: asyncio.Event) -> None:

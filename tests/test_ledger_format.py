@@ -441,7 +441,7 @@ def _service_entries(steps: list[Step], chain: str = "acme") -> list[dict[str, A
 
     from service.adapters.postgres import ChainHead
     from service.api.bodies import EntriesPage, EntryView
-    from service.app.ingest import _chain
+    from service.app.ingest import chain_entry
     from service.domain.admission import Admitted, Incoming
     from service.domain.chain import GENESIS_PREV_HASH, to_micros
     from service.domain.events import decode_event, encode_event
@@ -458,7 +458,7 @@ def _service_entries(steps: list[Step], chain: str = "acme") -> list[dict[str, A
         signature = key.sign(data if step.signature_over is None else step.signature_over)
         key_id = step.key_id or key.key_id
         message = Incoming(f"tl.ev.{chain}._", data, key_id, b64url(signature), 1)
-        e = _chain(head, Admitted(message, event, key_id, signature), received)
+        e = chain_entry(head, Admitted(message, event, key_id, signature), received)
         # The same mapping as service.api.controllers.ChainController.entries.
         views.append(
             EntryView(
@@ -494,7 +494,7 @@ def _good_steps(keys: dict[str, Any]) -> list[Step]:
 
 
 def test_api_entries_verify_when_built_by_service_chaining() -> None:
-    """Entries chained by ingest's `_chain` and rendered as EntryView pass section 6."""
+    """Entries chained by ingest's `chain_entry` and rendered as EntryView pass section 6."""
     entries = _service_entries(_good_steps(_keys()))
     assert [e["seq"] for e in entries] == [1, 2, 3, 4, 5, 6]
     assert verify_api_entries("acme", entries) is None

@@ -408,6 +408,20 @@ async def _load_keys(conn: asyncpg.Connection | asyncpg.Pool) -> dict[str, Publi
     }
 
 
+@dataclass(frozen=True, slots=True)
+class StoredCheckpoint:
+    chain: str
+    size: int
+    head_hash: bytes
+    signed_at: datetime
+    key_name: str
+    key_id: str
+    note: str
+
+
+_CHECKPOINT_COLUMNS = "chain, size, head_hash, signed_at, key_name, key_id, note"
+
+
 class RebuildTx:
     """Replays the log and replaces the projections inside one locked transaction."""
 
@@ -579,6 +593,60 @@ class LedgerStore:
                 limit,
             )
         return [dict(r) for r in rows]
+
+    async def entry_hash_at(self, chain: str, seq: int) -> bytes | None:
+        async with translate_errors("reading an entry hash"):
+            value = await self._pool.fetchval(
+                "SELECT entry_hash FROM ledger_entries WHERE chain = $1 AND seq = $2", chain, seq
+            )
+        return None if value is None else bytes(value)
+
+    async def latest_checkpoint(self, chain: str) -> StoredCheckpoint | None:
+        async with translate_errors("reading checkpoints"):
+            r = await self._pool.fetchrow(
+                f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE chain = $1"
+                " ORDER BY size DESC LIMIT 1",
+                chain,
+            )
+        return None if r is None else StoredCheckpoint(**dict(r))
+
+    async def checkpoint_at(self, chain: str, size: int) -> StoredCheckpoint | None:
+        async with translate_errors("reading checkpoints"):
+            r = await self._pool.fetchrow(
+                f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE chain = $1 AND size = $2",
+                chain,
+                size,
+            )
+        return None if r is None else StoredCheckpoint(**dict(r))
+
+    async def checkpoints(self, chain: str, min_size: int = 0) -> list[StoredCheckpoint]:
+        """Every checkpoint of a chain from `min_size` up, smallest first."""
+        async with translate_errors("reading checkpoints"):
+            rows = await self._pool.fetch(
+                f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE chain = $1 AND size >= $2"
+                " ORDER BY size",
+                chain,
+                min_size,
+            )
+        return [StoredCheckpoint(**dict(r)) for r in rows]
+
+    async def save_checkpoint(self, checkpoint: StoredCheckpoint) -> StoredCheckpoint:
+        """Store a signed checkpoint; if one exists at that size already, that one stands."""
+        async with translate_errors("storing a checkpoint"):
+            await self._pool.execute(
+                f"INSERT INTO checkpoints ({_CHECKPOINT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                " ON CONFLICT (chain, size) DO NOTHING",
+                checkpoint.chain,
+                checkpoint.size,
+                checkpoint.head_hash,
+                checkpoint.signed_at,
+                checkpoint.key_name,
+                checkpoint.key_id,
+                checkpoint.note,
+            )
+        stored = await self.checkpoint_at(checkpoint.chain, checkpoint.size)
+        assert stored is not None
+        return stored
 
     @asynccontextmanager
     async def rebuild_transaction(self) -> AsyncIterator[RebuildTx]:

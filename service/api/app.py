@@ -14,6 +14,7 @@ from service.adapters.postgres import LedgerStore
 from service.api.bodies import Readiness
 from service.api.controllers import AgentController, ChainController, QuarantineController
 from service.api.problems import EXCEPTION_HANDLERS
+from service.app.ledger_key import LedgerSigner
 
 HealthCheck = Callable[[], Awaitable[None]]
 CHECK_TIMEOUT_S = 2.0
@@ -48,7 +49,10 @@ async def prometheus_metrics() -> Response[bytes]:
 
 
 def create_app(
-    store: LedgerStore, health_checks: dict[str, HealthCheck], query_api: bool = True
+    store: LedgerStore,
+    health_checks: dict[str, HealthCheck],
+    query_api: bool = True,
+    signer: LedgerSigner | None = None,
 ) -> Litestar:
     """The HTTP app of one process: health, readiness and metrics always; the `/v1`
     query API for the `api` role (ingest and scheduler processes serve only the
@@ -57,7 +61,7 @@ def create_app(
     queries = [AgentController, ChainController, QuarantineController] if query_api else []
     return Litestar(
         route_handlers=[*operations, *queries],
-        state=State({"store": store, "health_checks": health_checks}),
+        state=State({"store": store, "health_checks": health_checks, "signer": signer}),
         exception_handlers=EXCEPTION_HANDLERS,
         # Logging is configured once by the entry point (service.logs), not by Litestar.
         logging_config=None,

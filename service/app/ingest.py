@@ -202,7 +202,7 @@ async def _apply(
             )
             continue
         seen.add((event.org, event.id))
-        entry = _chain(head, verdict, received_at)
+        entry = chain_entry(head, verdict, received_at)
         entries.append(entry)
         accepted.append(verdict)
         if isinstance(event, PublisherKeyRegistered) and event.key_id not in keys:
@@ -271,7 +271,7 @@ def _recheck(
     return verdict
 
 
-def _chain(head: ChainHead, verdict: Admitted, received_at: datetime) -> EntryRow:
+def chain_entry(head: ChainHead, verdict: Admitted, received_at: datetime) -> EntryRow:
     """Append one admitted event to the head (in memory) and return its entry."""
     event = verdict.event
     seq = head.seq + 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from service.adapters.postgres import LedgerStore
+from service.domain.audit import LEDGER_CHAIN
 from service.domain.events import decode_event
 from service.domain.posture import PostureProjector
 
@@ -29,6 +30,8 @@ async def rebuild_projections(
     replayed = 0
     async with store.rebuild_transaction() as tx:
         async for entry in tx.iter_entries():
+            if entry.chain == LEDGER_CHAIN:
+                continue  # the ledger's key chain feeds no projection
             projector.apply(decode_event(entry.event_bytes), entry.chain, entry.seq)
             positions[entry.chain] = entry.seq
             replayed += 1

@@ -264,12 +264,19 @@ def _unique_members(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return dict(pairs)
 
 
-def _refuse_duplicate_members(data: bytes) -> None:
-    """Refuse `{"kind": "a", "kind": "b"}`-style objects.
+def load_json_strict(data: bytes) -> object:
+    """Parse UTF-8 JSON, refusing `{"kind": "a", "kind": "b"}`-style repeated members.
 
     JSON parsers disagree on which duplicate wins; an auditor's parser must
     read exactly what the ledger read, so no event may have one."""
-    json.loads(data, object_pairs_hook=_unique_members)
+    try:
+        return json.loads(data.decode("utf-8"), object_pairs_hook=_unique_members)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise EventDecodeError("malformed_json", str(e)) from e
+
+
+def _refuse_duplicate_members(data: bytes) -> None:
+    load_json_strict(data)
 
 
 def encode_event(event: Event) -> bytes:

@@ -6,7 +6,7 @@
 
 Everything is deterministic: the Ed25519 seed is BLAKE3 of a fixed label, Ed25519
 signatures are deterministic, and every time is fixed. The entries are built by
-`service.app.ingest._chain`, the function ingest uses, so the vectors are what
+`service.app.ingest.chain_entry`, the function ingest uses, so the vectors are what
 the service really stores. `tests/test_ledger_format.py` checks that the file
 equals `render()` and that an independent implementation reproduces it.
 """
@@ -28,7 +28,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
 from service.adapters.postgres import ChainHead  # noqa: E402
-from service.app.ingest import _chain  # noqa: E402
+from service.app.ingest import chain_entry  # noqa: E402
 from service.domain.admission import Admitted, Incoming  # noqa: E402
 from service.domain.chain import (  # noqa: E402
     ENTRY_DOMAIN,
@@ -153,7 +153,7 @@ def build() -> dict[str, object]:
             stream_seq=seq,
         )
         prev = head.hash
-        row = _chain(head, Admitted(message, event, key.key_id, signature), received_at)
+        row = chain_entry(head, Admitted(message, event, key.key_id, signature), received_at)
         fields = EntryFields(
             chain=row.chain,
             seq=row.seq,
