@@ -43,7 +43,7 @@ CREATE TABLE publisher_keys (
 
 CREATE TABLE quarantine (
     id           bigserial PRIMARY KEY,
-    stream_seq   bigint UNIQUE,             -- a redelivered message is quarantined once
+    stream_seq   bigint,                    -- JetStream sequence (NULL for operator submissions)
     subject      text NOT NULL,
     claimed_org  text,                      -- org token of the subject, unverified
     key_id       text,
@@ -55,6 +55,9 @@ CREATE TABLE quarantine (
 );
 
 CREATE INDEX quarantine_org ON quarantine (claimed_org, id);
+-- No uniqueness on stream_seq: sequences restart when a stream is recreated, and
+-- a message is never quarantined twice anyway, since ingest resumes after the
+-- position committed with the batch that quarantined it (ingest_positions).
 
 -- Where each ingest consumer has got to in the stream, written in the same
 -- transaction as the entries it produced. At start the consumer is recreated

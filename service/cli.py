@@ -12,11 +12,12 @@ import json
 import logging
 import os
 import sys
+import time
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import msgspec
 
@@ -49,19 +50,28 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 class Progress:
     """A one-line counter on stderr when it is a terminal; silent otherwise."""
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, rate: bool = False) -> None:
         self.label = label
         self.count = 0
         self._tty = sys.stderr.isatty()
+        self._rate = rate
+        self._started = time.monotonic()
 
     def __call__(self, n: int) -> None:
         self.count += n
         if self._tty and self.count % 1000 == 0:
-            print(f"\r{self.label}: {self.count:,}", end="", file=sys.stderr, flush=True)
+            print(f"\r{self._text()}", end="", file=sys.stderr, flush=True)
 
     def done(self) -> None:
         if self._tty:
-            print(f"\r{self.label}: {self.count:,}", file=sys.stderr)
+            print(f"\r{self._text()}", file=sys.stderr)
+
+    def _text(self) -> str:
+        text = f"{self.label}: {self.count:,}"
+        if self._rate:
+            elapsed = time.monotonic() - self._started
+            text += f" ({self.count / elapsed if elapsed > 0 else 0:,.0f}/s)"
+        return text
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -258,7 +268,8 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 def cmd_ledger_verify(args: argparse.Namespace) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
-    from service.app.verify import parallel_verifier, verify_all
+    from service.app.verify import verify_all
+    from service.domain.audit import parallel_verifier
 
     progress = Progress("entries verified")
     with ThreadPoolExecutor(2) as pool:
@@ -288,6 +299,150 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 
     for made in _store_call(settings, go):
         print(made.note, end="")
+    return EXIT_OK
+
+
+def cmd_ledger_rotate_key(args: argparse.Namespace) -> int:
+    from service.app.ledger_key import LedgerSigner, ensure_registered, ledger_keys
+    from service.domain.audit import LEDGER_CHAIN
+
+    settings = _settings(args)
+    path = settings.ledger_key_path
+    if not path.exists():
+        raise ConfigError(
+            f"no ledger key at {path}: start the service once (it creates one), or point "
+            "TRUSTLEDGER_LEDGER_KEY_FILE at the current key"
+        )
+    current = load_key(path)
+    source = Path(args.new_key_file) if args.new_key_file else None
+    new = SigningKey(
+        org=LEDGER_CHAIN,
+        seed=load_key(source).seed if source else SigningKey.generate(LEDGER_CHAIN).seed,
+    )
+    if new.key_id == current.key_id:
+        raise ConfigError(f"{source} holds the current ledger key {current.key_id}")
+    retired = path.with_name(f"{path.stem}.{current.key_id}.retired{path.suffix}")
+    pending = path.with_name(f"{path.stem}.{new.key_id}.new{path.suffix}")
+    if retired.exists():
+        raise ConfigError(f"{retired} exists; refusing to overwrite a retired key")
+    old_signer = LedgerSigner(settings.ledger_name, current)
+    new_signer = LedgerSigner(settings.ledger_name, new)
+
+    async def register(store: Any) -> int:
+        keys = await ledger_keys(store)
+        if current.key_id not in keys.active:
+            raise ConfigError(
+                f"the ledger key in {path} ({current.key_id}) is not an active key of "
+                f"{LEDGER_CHAIN}: only a registered key can endorse its successor"
+            )
+        # The new private key is on disk before its registration is chained:
+        # a registered key never exists without its file.
+        if source is None or source.resolve() != pending.resolve():
+            save_key(new, pending)
+        try:
+            return await ensure_registered(store, new_signer, endorser=old_signer)
+        except StorageError as e:
+            raise StorageError(
+                f"{e}; the new key is kept in {pending}: run again with --new-key-file {pending}"
+            ) from e
+
+    seq = _store_call(settings, register)
+    try:
+        os.link(path, retired)  # exclusive: never replaces a file
+    except FileExistsError as e:
+        raise ConfigError(
+            f"{retired} appeared meanwhile; the new key is registered and kept in {pending}: "
+            f"move it to {path} yourself"
+        ) from e
+    except OSError:  # a file system without hard links
+        save_key(current, retired)
+    os.replace(pending, path)
+    print(
+        f"registered ledger key {new.key_id} at {LEDGER_CHAIN}#{seq}, endorsed by "
+        f"{current.key_id}; {path} now holds the new key, the old one is in {retired}"
+    )
+    print("restart the api and scheduler processes to sign new checkpoints with the new key")
+    return EXIT_OK
+
+
+def _instant(text: str | None, option: str) -> datetime | None:
+    """An RFC 3339 instant from the command line; one without an offset is UTC."""
+    if text is None:
+        return None
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError as e:
+        raise ConfigError(f"{option}: not an RFC 3339 time: {text!r}") from e
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from service.app.export import export_chain
+    from service.domain.export_format import Header, decode_line
+    from service.roles import load_ledger_signer
+
+    settings = _settings(args)
+    since, until = _instant(args.since, "--since"), _instant(args.until, "--until")
+    progress = Progress("entries exported")
+    headers: list[Header] = []
+
+    def write_to(sink: BinaryIO) -> None:
+        async def go(store: Any) -> None:
+            signer = await load_ledger_signer(store, settings)
+            lines = export_chain(
+                store, signer, args.org, args.from_seq, args.to_seq, since, until,
+                progress=progress,
+            )  # fmt: skip
+            async for line in lines:
+                if not headers:
+                    header = decode_line(line)
+                    assert isinstance(header, Header)
+                    headers.append(header)
+                sink.write(line)
+
+        _store_call(settings, go)
+        sink.flush()
+
+    if args.output == "-":
+        write_to(sys.stdout.buffer)
+    else:
+        # Written beside the target and renamed: the file is whole or absent.
+        out = Path(args.output)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        try:
+            with tmp.open("wb") as sink:
+                write_to(sink)
+                os.fsync(sink.fileno())
+            tmp.replace(out)
+        finally:
+            tmp.unlink(missing_ok=True)
+    progress.done()
+    h = headers[0]
+    print(
+        f"exported {h.chain}#{h.from_seq}..{h.to_seq} ({h.to_seq - h.from_seq + 1:,} entries) "
+        f"to {'stdout' if args.output == '-' else args.output}",
+        file=sys.stderr if args.output == "-" else sys.stdout,
+    )
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from service.app.offline_verify import verify_export
+
+    trusted = [Path(p).read_text(encoding="utf-8") for p in args.checkpoint]
+    progress = Progress("entries verified", rate=True)
+    source = sys.stdin.buffer if args.file == "-" else Path(args.file)
+    report = verify_export(source, progress, trusted)
+    progress.done()
+    if report.finding is not None:
+        print(f"FAILED at {report.finding}")
+        if report.line is not None:
+            print(f"  (line {report.line} of {args.file})")
+        return EXIT_FAILED
+    print(
+        f"ok: {report.entries:,} entries, {report.checkpoints:,} checkpoints, "
+        f"{report.signatures:,} signatures verified ({report.rate:,.0f} entries/s)"
+    )
     return EXIT_OK
 
 
@@ -371,6 +526,28 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--org", help="only this org's chain")
     verify.set_defaults(fn=cmd_ledger_verify)
 
+    rotate = with_data_dir(
+        ledger_sub.add_parser(
+            "rotate-key",
+            help="replace the ledger's checkpoint signing key",
+            description=(
+                "Generate a new ledger key (or take it from --new-key-file), register it in the "
+                "_ledger chain with its registration signed by the current key, then keep the "
+                "current key file as ledger-key.<old key id>.retired.json and write the new key "
+                "in its place: processes sign with the new key from their next start. "
+                "Checkpoints signed with the old key stay verifiable: every ledger key "
+                "registered in _ledger and not revoked is accepted, and rotating does not "
+                "revoke the old key."
+            ),
+        )
+    )
+    rotate.add_argument(
+        "--new-key-file",
+        metavar="PATH",
+        help="use the key in this key file instead of generating one (the file is left as is)",
+    )
+    rotate.set_defaults(fn=cmd_ledger_rotate_key)
+
     checkpoint = with_data_dir(
         sub.add_parser(
             "checkpoint", help="sign checkpoints now (of one org, or of every chain that moved)"
@@ -378,6 +555,38 @@ def _parser() -> argparse.ArgumentParser:
     )
     checkpoint.add_argument("--org", help="this org's chain, even if unchanged")
     checkpoint.set_defaults(fn=cmd_checkpoint)
+
+    export = with_data_dir(
+        sub.add_parser(
+            "export", help="write a chain (or a range of it) as a signed file for offline checks"
+        )
+    )
+    export.add_argument("--org", required=True, help="the org whose chain to export")
+    export.add_argument("--from-seq", type=int, default=1, help="first seq (default 1)")
+    export.add_argument("--to-seq", type=int, default=None, help="last seq (default: the head)")
+    export.add_argument(
+        "--since", help="only from the first entry received at or after this RFC 3339 time"
+    )
+    export.add_argument(
+        "--until", help="only up to the last entry received before this RFC 3339 time"
+    )
+    export.add_argument(
+        "-o", "--output", default="-", help="the file to write (default -: standard output)"
+    )
+    export.set_defaults(fn=cmd_export)
+
+    verify_file = sub.add_parser(
+        "verify", help="check an export file offline (no database, no network)"
+    )
+    verify_file.add_argument("file", help="a file from `trustledger export` (- for stdin)")
+    verify_file.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="NOTE_FILE",
+        help="a checkpoint note kept from earlier; the export must agree with it (repeatable)",
+    )
+    verify_file.set_defaults(fn=cmd_verify)
     return parser
 
 

@@ -4,6 +4,7 @@
     ├── ConfigError            bad or missing configuration
     ├── StorageError           the database failed or refused (adapters translate driver errors)
     │   └── MigrationError     applied migrations differ from the files, or one failed
+    ├── IntegrityError         the stored ledger does not verify; nothing is signed over it
     ├── BrokerError            NATS / JetStream failed
     ├── EmbeddedServerError    an embedded server would not start (service.adapters.embedded)
     ├── NotFoundError          a queried org, agent or entry does not exist
@@ -31,6 +32,10 @@ class StorageError(TrustLedgerError):
 
 class MigrationError(StorageError):
     """Migrations could not be applied, or the database disagrees with the files."""
+
+
+class IntegrityError(TrustLedgerError):
+    """The stored ledger does not verify (tampering or corruption); names the finding."""
 
 
 class BrokerError(TrustLedgerError):

@@ -32,7 +32,7 @@ BATCH_SIZE = Histogram(
 )
 INGEST_FAILURES = Counter(
     "trustledger_ingest_batch_failures",
-    "Batches that could not be committed (left for redelivery).",
+    "Failed attempts to commit a batch (each is retried in place until it commits).",
     registry=REGISTRY,
 )
 CONSUMER_PENDING = Gauge(

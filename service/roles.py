@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +35,7 @@ from service.app.ledger_key import LedgerSigner, ensure_registered
 from service.app.verify import IncrementalVerifier
 from service.config import Settings
 from service.domain.audit import LEDGER_CHAIN
+from service.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +62,20 @@ class _Server(uvicorn.Server):
         yield
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Fail early and clearly when the HTTP port is taken (uvicorn would exit from a task)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}; choose --port") from e
+
+
 async def run_roles(settings: Settings, roles: Roles, stop: asyncio.Event) -> None:
     """Run the given roles until `stop` is set, then shut them down in order."""
     dsn, nats_url = settings.require_servers()
+    _check_port_free(settings.host, settings.port)
     await migrate(dsn)
     store = await LedgerStore.connect(dsn)
     try:

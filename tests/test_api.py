@@ -144,6 +144,11 @@ async def test_openapi_lists_v1_paths_when_schema_is_requested(service: RunningS
         "/v1/chains",
         "/v1/chains/{org}",
         "/v1/chains/{org}/entries",
+        "/v1/chains/{org}/export",
+        "/v1/chains/{org}/checkpoint",
+        "/v1/chains/{org}/checkpoints",
+        "/v1/chains/{org}/checkpoints/{size}",
+        "/v1/ledger/keys",
         "/v1/quarantine",
     }
     assert {"/healthz", "/readyz", "/metrics"} <= set(document["paths"])

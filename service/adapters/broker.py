@@ -43,19 +43,43 @@ ACK_WAIT_S = 60.0
 batch's process died or could not commit."""
 
 
-async def connect(url: str, name: str) -> Client:
-    """Connect, retrying forever on later disconnects (the service must outlive a NATS restart)."""
+async def connect(url: str, name: str, reconnect_forever: bool = True) -> Client:
+    """Connect to NATS.
+
+    Services reconnect forever once connected (they must outlive a NATS
+    restart). The first connection is tried a few times only, so a wrong URL
+    or a server that is down is reported instead of waited on in silence."""
     try:
-        return await nats.connect(
+        nc = await nats.connect(
             url,
             name=name,
-            max_reconnect_attempts=-1,
+            max_reconnect_attempts=3,
             reconnect_time_wait=1,
             connect_timeout=5,
             allow_reconnect=True,
+            error_cb=_log_nats_error,
+            disconnected_cb=_log_disconnected,
+            reconnected_cb=_log_reconnected,
         )
+        if reconnect_forever:
+            # nats-py applies max_reconnect_attempts to the first connect as well;
+            # lift the limit only once connected.
+            nc.options["max_reconnect_attempts"] = -1
+        return nc
     except (TimeoutError, OSError, nats.errors.Error) as e:
         raise BrokerError(f"cannot connect to NATS at {url}: {e}") from e
+
+
+async def _log_nats_error(e: Exception) -> None:
+    log.warning("nats: %s", e or type(e).__name__)
+
+
+async def _log_disconnected() -> None:
+    log.warning("disconnected from NATS; reconnecting")
+
+
+async def _log_reconnected() -> None:
+    log.info("reconnected to NATS")
 
 
 def stream_config(settings: Settings) -> StreamConfig:

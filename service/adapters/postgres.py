@@ -234,7 +234,7 @@ class LedgerTx:
     async def quarantine(
         self, refused: Sequence[Refused], received_at: datetime, subject_prefix: str
     ) -> int:
-        """Record refused messages; a message seen before (same stream seq) is kept once."""
+        """Record refused messages with their raw bytes and reason."""
         if not refused:
             return 0
         rows = [
@@ -255,8 +255,7 @@ class LedgerTx:
             "INSERT INTO quarantine (stream_seq, subject, claimed_org, key_id, signature, reason,"
             " detail, raw, received_at)"
             " SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],"
-            " $6::text[], $7::text[], $8::bytea[], $9::timestamptz[])"
-            " ON CONFLICT (stream_seq) DO NOTHING",
+            " $6::text[], $7::text[], $8::bytea[], $9::timestamptz[])",
             *[list(col) for col in zip(*rows, strict=True)],
         )
         return int(result.rsplit(" ", 1)[-1])
@@ -594,6 +593,47 @@ class LedgerStore:
             )
         return [dict(r) for r in rows]
 
+    async def seq_bounds(
+        self, chain: str, since: datetime | None = None, until: datetime | None = None
+    ) -> tuple[int, int] | None:
+        """The first and last seq of the chain's entries received in [since, until), or None."""
+        async with translate_errors("reading ledger entries"):
+            r = await self._pool.fetchrow(
+                "SELECT min(seq) AS first, max(seq) AS last FROM ledger_entries WHERE chain = $1"
+                " AND ($2::timestamptz IS NULL OR received_at >= $2)"
+                " AND ($3::timestamptz IS NULL OR received_at < $3)",
+                chain,
+                since,
+                until,
+            )
+        if r is None or r["first"] is None:
+            return None
+        return int(r["first"]), int(r["last"])
+
+    async def chain_names(self) -> list[str]:
+        """Every chain, whether it has a `chains` row or only entries (a deleted row hides nothing)."""
+        async with translate_errors("listing chains"):
+            rows = await self._pool.fetch(
+                "SELECT chain FROM chains UNION SELECT DISTINCT chain FROM ledger_entries ORDER BY 1"
+            )
+        return [r["chain"] for r in rows]
+
+    async def head_and_last_seq(self, chain: str) -> tuple[ChainHead | None, int]:
+        """The `chains` head row and the highest stored seq, read in one snapshot."""
+        async with translate_errors("reading a chain head"):
+            r = await self._pool.fetchrow(
+                "SELECT c.head_seq, c.head_hash,"
+                " (SELECT coalesce(max(seq), 0) FROM ledger_entries WHERE chain = $1) AS last_seq"
+                " FROM (SELECT 1) AS one LEFT JOIN chains c ON c.chain = $1",
+                chain,
+            )
+        head = (
+            None
+            if r["head_seq"] is None
+            else ChainHead(chain, r["head_seq"], bytes(r["head_hash"]))
+        )
+        return head, int(r["last_seq"])
+
     async def entry_hash_at(self, chain: str, seq: int) -> bytes | None:
         async with translate_errors("reading an entry hash"):
             value = await self._pool.fetchval(
@@ -601,12 +641,16 @@ class LedgerStore:
             )
         return None if value is None else bytes(value)
 
-    async def latest_checkpoint(self, chain: str) -> StoredCheckpoint | None:
+    async def latest_checkpoint(
+        self, chain: str, at_most: int | None = None
+    ) -> StoredCheckpoint | None:
+        """The checkpoint of the largest size (no larger than `at_most`, when given)."""
         async with translate_errors("reading checkpoints"):
             r = await self._pool.fetchrow(
                 f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE chain = $1"
-                " ORDER BY size DESC LIMIT 1",
+                " AND ($2::bigint IS NULL OR size <= $2) ORDER BY size DESC LIMIT 1",
                 chain,
+                at_most,
             )
         return None if r is None else StoredCheckpoint(**dict(r))
 
@@ -619,14 +663,19 @@ class LedgerStore:
             )
         return None if r is None else StoredCheckpoint(**dict(r))
 
-    async def checkpoints(self, chain: str, min_size: int = 0) -> list[StoredCheckpoint]:
-        """Every checkpoint of a chain from `min_size` up, smallest first."""
+    async def checkpoints(
+        self, chain: str, min_size: int = 0, max_size: int | None = None, limit: int | None = None
+    ) -> list[StoredCheckpoint]:
+        """Every checkpoint of a chain from `min_size` up (to `max_size`), smallest first;
+        the first `limit` of them when given."""
         async with translate_errors("reading checkpoints"):
             rows = await self._pool.fetch(
                 f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE chain = $1 AND size >= $2"
-                " ORDER BY size",
+                " AND ($3::bigint IS NULL OR size <= $3) ORDER BY size LIMIT $4",
                 chain,
                 min_size,
+                max_size,
+                limit,
             )
         return [StoredCheckpoint(**dict(r)) for r in rows]
 

@@ -61,7 +61,7 @@ class Publisher:
 
     @classmethod
     async def connect(cls, url: str, key: SigningKey, subject_prefix: str = "tl") -> Publisher:
-        nc = await connect(url, name=f"trustledger-publisher-{key.org}")
+        nc = await connect(url, name=f"trustledger-publisher-{key.org}", reconnect_forever=False)
         return cls(nc, key, subject_prefix, own_connection=True)
 
     async def publish(self, event: Event, attempts: int = 5, timeout_s: float = 5.0) -> PubAck:

@@ -12,7 +12,12 @@ from litestar.openapi import OpenAPIConfig
 from service import metrics
 from service.adapters.postgres import LedgerStore
 from service.api.bodies import Readiness
-from service.api.controllers import AgentController, ChainController, QuarantineController
+from service.api.controllers import (
+    AgentController,
+    ChainController,
+    LedgerController,
+    QuarantineController,
+)
 from service.api.problems import EXCEPTION_HANDLERS
 from service.app.ledger_key import LedgerSigner
 
@@ -58,7 +63,11 @@ def create_app(
     query API for the `api` role (ingest and scheduler processes serve only the
     operations endpoints, so each exposes its own metrics)."""
     operations = [healthz, readyz, prometheus_metrics]
-    queries = [AgentController, ChainController, QuarantineController] if query_api else []
+    queries = (
+        [AgentController, ChainController, LedgerController, QuarantineController]
+        if query_api
+        else []
+    )
     return Litestar(
         route_handlers=[*operations, *queries],
         state=State({"store": store, "health_checks": health_checks, "signer": signer}),

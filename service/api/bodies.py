@@ -102,3 +102,40 @@ class QuarantinePage(msgspec.Struct):
 class Readiness(msgspec.Struct):
     status: str
     checks: dict[str, str]
+
+
+class LedgerKeyView(msgspec.Struct):
+    """A ledger key from the verified `_ledger` chain: what checkpoints are signed with."""
+
+    key_id: str
+    """The key id (docs/ledger-format.md §5.1), as in the `_ledger` chain."""
+    name: str
+    """The note key name its checkpoint signatures carry (its registration's label)."""
+    public_key: str
+    """The Ed25519 public key, base64url without padding."""
+    verifier_key: str
+    """`<name>+<hex note key id>+<base64(0x01 || key)>`, the form signed-note tools accept."""
+    registered_seq: int
+    """The `_ledger` entry that registered it."""
+    active: bool
+    """Registered and not revoked: checkpoints signed with it verify."""
+    signing: bool
+    """The key this API process signs new checkpoints with."""
+
+
+class LedgerKeysView(msgspec.Struct):
+    chain: str
+    keys: list[LedgerKeyView]
+    signing_key_id: str | None
+
+
+class CheckpointView(msgspec.Struct):
+    """A signed checkpoint of a chain head; `note` is the C2SP signed note, exactly as signed."""
+
+    chain: str
+    size: int
+    head_hash: str
+    signed_at: datetime
+    key_name: str
+    key_id: str
+    note: str

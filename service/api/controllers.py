@@ -1,30 +1,49 @@
-"""Query API under `/v1`: posture, commitments, chains, quarantine."""
+"""Query API under `/v1`: posture, commitments, chains, quarantine, ledger keys, checkpoints."""
 
 from __future__ import annotations
 
 import base64
+from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Annotated
 
-from litestar import Controller, get
+from litestar import Controller, MediaType, Response, get, post
 from litestar.datastructures import State
+from litestar.exceptions import (
+    HTTPException,
+    ServiceUnavailableException,
+    ValidationException,
+)
 from litestar.params import Parameter
+from litestar.response import Stream
 
-from service.adapters.postgres import LedgerStore
+from service.adapters.postgres import ChainHead, LedgerStore, StoredCheckpoint
 from service.api.bodies import (
     ChainHeadView,
+    CheckpointView,
     CommitmentsPage,
     CommitmentView,
     EntriesPage,
     EntryView,
+    LedgerKeysView,
+    LedgerKeyView,
     LedgerRef,
     PostureView,
     QuarantinePage,
     QuarantineView,
 )
+from service.app.checkpoints import make_checkpoint
+from service.app.export import export_chain
+from service.app.ledger_key import LedgerSigner
+from service.app.verify import verify_ledger_keys
+from service.domain.audit import LEDGER_CHAIN, Finding, verify_sequentially
 from service.domain.chain import to_micros
-from service.domain.events import SLUG_PATTERN
+from service.domain.checkpoint import verifier_key
+from service.domain.events import SLUG_PATTERN, load_json_strict
+from service.domain.export_format import MEDIA_TYPE as EXPORT_MEDIA_TYPE
 from service.domain.posture import band_of
-from service.errors import NotFoundError
+from service.domain.signing import b64url, from_b64url
+from service.errors import ConfigError, NotFoundError
 
 SlugParam = Annotated[str, Parameter(pattern=SLUG_PATTERN)]
 Limit = Annotated[int, Parameter(ge=1, le=1000)]
@@ -151,6 +170,48 @@ class ChainController(Controller):
             next_after_seq=rows[-1].seq if len(rows) == limit else None,
         )
 
+    # TODO(auth): anyone who reaches the API can export any org's chain until
+    # authentication lands; the export then must be limited to the caller's org.
+    @get(
+        "/{org:str}/export",
+        summary="A chain (or a range of it) as a signed trustledger-export/v1 file",
+        media_type=EXPORT_MEDIA_TYPE,
+    )
+    async def export(
+        self,
+        state: State,
+        org: SlugParam,
+        from_seq: Annotated[int, Parameter(ge=1)] = 1,
+        to_seq: Annotated[int | None, Parameter(ge=1)] = None,
+        since: Annotated[
+            datetime | None, Parameter(description="first entry received at or after (RFC 3339)")
+        ] = None,
+        until: Annotated[
+            datetime | None, Parameter(description="last entry received before (RFC 3339)")
+        ] = None,
+    ) -> Stream:
+        signer = _signer(state)
+        if signer is None:
+            raise ServiceUnavailableException("this process holds no ledger key: ask the api role")
+        lines = export_chain(_store(state), signer, org, from_seq, to_seq, since, until)
+        # Everything that can refuse does so before the first line: pull it here,
+        # so errors become problem responses instead of a cut-off stream.
+        try:
+            first = await anext(lines)
+        except ConfigError as e:
+            raise ValidationException(detail=str(e)) from e
+
+        async def body() -> AsyncIterator[bytes]:
+            yield first
+            async for line in lines:
+                yield line
+
+        return Stream(
+            body(),
+            media_type=EXPORT_MEDIA_TYPE,
+            headers={"content-disposition": f'attachment; filename="{org}.export.jsonl"'},
+        )
+
 
 class QuarantineController(Controller):
     path = "/v1/quarantine"
@@ -182,3 +243,138 @@ class QuarantineController(Controller):
             ],
             next_after_id=rows[-1]["id"] if len(rows) == limit else None,
         )
+
+
+ChainParam = Annotated[
+    str, Parameter(pattern=f"^(?:{LEDGER_CHAIN}|[a-z0-9][a-z0-9_-]{{0,62}})(?!\n)$")
+]
+"""An org's chain, or the ledger's own key chain `_ledger`."""
+
+
+class LedgerController(Controller):
+    """The ledger's own keys and the signed checkpoints of every chain."""
+
+    path = "/v1"
+    tags = ["ledger"]
+
+    @get("/ledger/keys", summary="Every ledger key, from the verified `_ledger` chain")
+    async def ledger_keys(self, state: State) -> LedgerKeysView:
+        store = _store(state)
+        keys = await verify_ledger_keys(store, verify_sequentially)
+        if isinstance(keys, Finding):
+            raise HTTPException(
+                status_code=500, detail=f"the ledger's key chain does not verify: {keys}"
+            )
+        # The chain verified, so each key's first registration entry is well-formed.
+        registrations: dict[str, tuple[int, bytes]] = {}
+        async for entry in store.iter_entries(LEDGER_CHAIN):
+            event = load_json_strict(entry.event_bytes)
+            if isinstance(event, dict) and event.get("kind") == "publisher_key.registered":
+                key_id, public_b64 = str(event.get("key_id")), str(event.get("public_key"))
+                registrations.setdefault(key_id, (entry.seq, from_b64url(public_b64)))
+        signer = _signer(state)
+        signing = signer.key.key_id if signer is not None else None
+        views = []
+        for key_id in sorted(keys.registered, key=lambda k: registrations[k][0]):
+            name = keys.labels.get(key_id, "")
+            registered_seq, public_key = registrations[key_id]
+            views.append(
+                LedgerKeyView(
+                    key_id=key_id,
+                    name=name,
+                    public_key=b64url(public_key),
+                    verifier_key=verifier_key(name, public_key),
+                    registered_seq=registered_seq,
+                    active=key_id in keys.active,
+                    signing=key_id == signing,
+                )
+            )
+        return LedgerKeysView(chain=LEDGER_CHAIN, keys=views, signing_key_id=signing)
+
+    @get(
+        "/chains/{org:str}/checkpoint",
+        summary="The latest signed checkpoint of a chain, as its C2SP signed note",
+        media_type=MediaType.TEXT,
+    )
+    async def latest_checkpoint(self, state: State, org: ChainParam) -> Response[str]:
+        store = _store(state)
+        await _require_chain(store, org)
+        stored = await store.latest_checkpoint(org)
+        if stored is None:
+            raise NotFoundError(f"no checkpoint of chain {org!r} yet")
+        return Response(stored.note, media_type=MediaType.TEXT)
+
+    @get(
+        "/chains/{org:str}/checkpoints/{size:int}",
+        summary="The signed checkpoint of a chain at one size, as its C2SP signed note",
+        media_type=MediaType.TEXT,
+    )
+    async def checkpoint_at(
+        self, state: State, org: ChainParam, size: Annotated[int, Parameter(ge=0)]
+    ) -> Response[str]:
+        store = _store(state)
+        await _require_chain(store, org)
+        stored = await store.checkpoint_at(org, size)
+        if stored is None:
+            raise NotFoundError(f"no checkpoint of chain {org!r} at size {size}")
+        return Response(stored.note, media_type=MediaType.TEXT)
+
+    @get("/chains/{org:str}/checkpoints", summary="Signed checkpoints of a chain, by size")
+    async def checkpoints(
+        self,
+        state: State,
+        org: ChainParam,
+        after_size: Annotated[int | None, Parameter(ge=0)] = None,
+        limit: Limit = 100,
+    ) -> list[CheckpointView]:
+        store = _store(state)
+        await _require_chain(store, org)
+        found = await store.checkpoints(org, 0 if after_size is None else after_size + 1)
+        return [_checkpoint_view(c) for c in found[:limit]]
+
+    # Anyone may ask for a checkpoint now; when authentication lands this will
+    # require the operator role (it makes the ledger sign).
+    @post(
+        "/chains/{org:str}/checkpoints",
+        summary="Sign the chain's current head now (or return the checkpoint already there)",
+        status_code=201,
+    )
+    async def sign_now(self, state: State, org: ChainParam) -> Response[CheckpointView]:
+        signer = _signer(state)
+        if signer is None:
+            raise ServiceUnavailableException("this process holds no ledger key: ask the api role")
+        store = _store(state)
+        head = await _require_chain(store, org)
+        existed = await store.checkpoint_at(org, head.seq) is not None
+        made = await make_checkpoint(store, signer, org)
+        created = not (existed and made.size == head.seq)
+        return Response(
+            _checkpoint_view(made),
+            status_code=201 if created else 200,
+            headers={"Location": f"/v1/chains/{org}/checkpoints/{made.size}"},
+        )
+
+
+def _signer(state: State) -> LedgerSigner | None:
+    signer = state.get("signer")
+    assert signer is None or isinstance(signer, LedgerSigner)
+    return signer
+
+
+async def _require_chain(store: LedgerStore, chain: str) -> ChainHead:
+    head = await store.chain_head(chain)
+    if head is None:
+        raise NotFoundError(f"no chain for org {chain!r}")
+    return head
+
+
+def _checkpoint_view(c: StoredCheckpoint) -> CheckpointView:
+    return CheckpointView(
+        chain=c.chain,
+        size=c.size,
+        head_hash=c.head_hash.hex(),
+        signed_at=c.signed_at,
+        key_name=c.key_name,
+        key_id=c.key_id,
+        note=c.note,
+    )

@@ -10,7 +10,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
-from service.errors import NotFoundError, StorageError, TrustLedgerError
+from service.errors import IntegrityError, NotFoundError, StorageError, TrustLedgerError
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,9 @@ def _problem(
 def _service_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
     if isinstance(exc, NotFoundError):
         return _problem("not-found", "Not found", 404, str(exc))
+    if isinstance(exc, IntegrityError):
+        log.error("ledger integrity on %s: %s", request.url.path, exc)
+        return _problem("ledger-integrity", "The ledger does not verify", 500, str(exc))
     if isinstance(exc, StorageError):
         log.error("storage error on %s: %s", request.url.path, exc)
         return _problem(

@@ -17,6 +17,12 @@ async def register_new_key(store: LedgerStore, org: str, label: str = "") -> tup
     how an org gets its first key; later keys can be registered over NATS by a
     `publisher_key.registered` event signed with a key the org already has."""
     key = SigningKey.generate(org)
+    return key, await register_key(store, key, label)
+
+
+async def register_key(store: LedgerStore, key: SigningKey, label: str = "") -> int:
+    """Chain the self-signed registration of an existing key pair; returns the entry's seq."""
+    org = key.org
     event = PublisherKeyRegistered(
         id=f"key-{key.key_id}",
         org=org,
@@ -27,4 +33,4 @@ async def register_new_key(store: LedgerStore, org: str, label: str = "") -> tup
     )
     data = encode_event(event)
     outcome = await append_operator_event(store, data, key.key_id, key.sign(data))
-    return key, outcome.chains[org]
+    return outcome.chains[org]

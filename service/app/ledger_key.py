@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 from service.adapters.postgres import LedgerStore
 from service.app.ingest import Clock, chain_entry, utc_now
-from service.app.verify import audit_entry
+from service.app.verify import verify_ledger_keys
 from service.domain.admission import Admitted, Incoming
-from service.domain.audit import LEDGER_CHAIN, ChainAuditor, KeyState, verify_sequentially
+from service.domain.audit import LEDGER_CHAIN, Finding, KeyState, verify_sequentially
 from service.domain.events import PublisherKeyRegistered, encode_event
 from service.domain.signing import SigningKey, b64url
-from service.errors import ConfigError, StorageError
+from service.errors import ConfigError, IntegrityError, StorageError
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,12 +32,10 @@ class LedgerSigner:
 
 async def ledger_keys(store: LedgerStore) -> KeyState:
     """Verify the `_ledger` chain and return its keys (every one ever registered)."""
-    auditor = ChainAuditor(LEDGER_CHAIN)
-    entries = [audit_entry(e) async for e in store.iter_entries(LEDGER_CHAIN)]
-    finding = auditor.check(entries, verify_sequentially)
-    if finding is not None:
-        raise StorageError(f"the ledger's key chain does not verify: {finding}")
-    return auditor.keys
+    keys = await verify_ledger_keys(store, verify_sequentially)
+    if isinstance(keys, Finding):
+        raise IntegrityError(f"the ledger's key chain does not verify: {keys}")
+    return keys
 
 
 async def ensure_registered(
@@ -53,6 +51,13 @@ async def ensure_registered(
     keys = await ledger_keys(store)
     key_id = signer.key.key_id
     if key_id in keys.registered:
+        if keys.labels[key_id] != signer.name:
+            # Checkpoints are verified under the name the key was registered with.
+            raise ConfigError(
+                f"ledger key {key_id} is registered under the name {keys.labels[key_id]!r}, "
+                f"but TRUSTLEDGER_LEDGER_NAME is {signer.name!r}: set it back, or rotate to a "
+                "new key registered under the new name"
+            )
         return await _registration_seq(store, key_id)
     if keys.registered and (endorser is None or endorser.key.key_id not in keys.active):
         raise ConfigError(
@@ -71,6 +76,9 @@ async def ensure_registered(
     async with store.transaction() as tx:
         heads = await tx.lock_chains([LEDGER_CHAIN])
         head = heads[LEDGER_CHAIN]
+        if await tx.existing_event_ids([(LEDGER_CHAIN, event.id)]):
+            # Another process registered it while we were checking (both started at once).
+            return await _registration_seq(store, key_id)
         entry = chain_entry(head, Admitted(message, event, by.key_id, signature), clock())
         await tx.append_entries([entry])
         await tx.save_heads([head])

@@ -10,7 +10,6 @@ head row nor the triggers; the first thing that does not hold is named.
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import Executor
 
 from service.adapters.postgres import EntryRow, LedgerStore
 from service.domain.audit import (
@@ -19,12 +18,11 @@ from service.domain.audit import (
     ChainAuditor,
     Finding,
     KeyState,
-    SignatureCheck,
     VerifyMany,
+    checkpoint_with_ledger_keys,
     verify_sequentially,
 )
 from service.domain.chain import to_micros
-from service.domain.checkpoint import Checkpoint, CheckpointError, verify_checkpoint
 
 Progress = Callable[[int], None]
 CHUNK = 2000
@@ -44,42 +42,25 @@ def audit_entry(entry: EntryRow) -> AuditEntry:
     )
 
 
-def parallel_verifier(executor: Executor | None, parts: int = 2) -> VerifyMany:
-    """A `VerifyMany` spreading signature checks over `parts` threads of `executor`."""
-    if executor is None:
-        return verify_sequentially
-
-    def verify_many(checks: list[SignatureCheck] | tuple[SignatureCheck, ...]) -> list[bool]:
-        size = max(1, -(-len(checks) // parts))
-        chunks = [checks[i : i + size] for i in range(0, len(checks), size)]
-        return [ok for part in executor.map(verify_sequentially, chunks) for ok in part]
-
-    return verify_many  # type: ignore[return-value]
-
-
-def checkpoint_with_ledger_keys(note: str, keys: KeyState) -> Checkpoint | str:
-    """Verify a note against every registered ledger key; the checkpoint or why not."""
-    problems = []
-    for key_id in sorted(keys.registered):
-        public_key = keys.active.get(key_id)
-        if public_key is None:
-            continue
-        try:
-            return verify_checkpoint(note, keys.labels[key_id], public_key)
-        except CheckpointError as e:
-            problems.append(str(e))
-    return "; ".join(problems) or "no ledger key is registered"
-
-
 async def _expect_checkpoints(
     store: LedgerStore, auditor: ChainAuditor, ledger: KeyState, min_size: int
-) -> Finding | None:
+) -> tuple[Finding | None, int]:
+    """Verify the chain's checkpoints from `min_size` up and hand them to the auditor.
+
+    Returns the first finding, and the largest size checked (-1 if none)."""
+    largest = -1
     for stored in await store.checkpoints(auditor.chain, min_size):
-        checkpoint = checkpoint_with_ledger_keys(stored.note, ledger)
+        largest = stored.size
+        checkpoint = checkpoint_with_ledger_keys(stored.note, ledger, auditor.chain)
         if isinstance(checkpoint, str):
             return Finding(
                 auditor.chain, stored.size, "checkpoint signature does not verify", "", checkpoint
-            )
+            ), largest
+        if checkpoint.size != stored.size:
+            return Finding(
+                auditor.chain, stored.size, "checkpoint row disagrees with its signed note",
+                f"size {stored.size}", f"size {checkpoint.size}",
+            ), largest  # fmt: skip
         if checkpoint.size < auditor.last_seq:
             # An incremental auditor has walked past this size already (the
             # checkpoint was made afterwards): compare with the entry it verified.
@@ -89,12 +70,12 @@ async def _expect_checkpoints(
                     auditor.chain, checkpoint.size,
                     f"head at size {checkpoint.size} differs from the signed checkpoint",
                     checkpoint.head_hash.hex(), stored_hash.hex() if stored_hash else "no entry",
-                )  # fmt: skip
+                ), largest  # fmt: skip
             continue
         finding = auditor.expect_checkpoint(checkpoint)
         if finding is not None:
-            return finding
-    return None
+            return finding, largest
+    return None, largest
 
 
 async def _walk(
@@ -103,11 +84,18 @@ async def _walk(
     verify_many: VerifyMany,
     progress: Progress | None,
 ) -> Finding | None:
-    """Feed the entries after the auditor's position to it, a chunk at a time."""
+    """Feed the entries after the auditor's position to it, a chunk at a time.
+
+    The head row is read first and the walk stops there: a batch committed
+    while we walk belongs to the next walk, not to a false alarm."""
+    head, _ = await store.head_and_last_seq(auditor.chain)
+    limit = head.seq if head is not None else None
     batch: list[AuditEntry] = []
     async for entry in store.iter_entries(
         auditor.chain, from_seq=auditor.last_seq + 1, chunk=CHUNK
     ):
+        if limit is not None and entry.seq > limit:
+            break
         batch.append(audit_entry(entry))
         if len(batch) >= CHUNK:
             finding = auditor.check(batch, verify_many)
@@ -122,14 +110,23 @@ async def _walk(
             return finding
         if progress is not None:
             progress(len(batch))
+    if head is None:
+        return Finding(auditor.chain, None, "entries exist but the chain has no head row")
     finding = auditor.finish()
     if finding is not None:
         return finding
-    head = await store.chain_head(auditor.chain)
-    if head is not None and (head.seq, head.hash) != (auditor.last_seq, auditor.last_hash):
+    if (head.seq, head.hash) != (auditor.last_seq, auditor.last_hash):
         return Finding(
             auditor.chain, auditor.last_seq, "the chains table's head disagrees with the entries",
             f"({auditor.last_seq}, {auditor.last_hash.hex()})", f"({head.seq}, {head.hash.hex()})",
+        )  # fmt: skip
+    # One snapshot: the head row must name the last stored entry. (Later commits
+    # move both together; entries beyond the head row mean the row was rewound.)
+    now, last_seq = await store.head_and_last_seq(auditor.chain)
+    if now is not None and now.seq != last_seq:
+        return Finding(
+            auditor.chain, now.seq + 1, "entries beyond the chains table's head",
+            f"last seq {now.seq}", f"last seq {last_seq}",
         )  # fmt: skip
     return None
 
@@ -148,18 +145,21 @@ async def verify_all(
     verify_many: VerifyMany = verify_sequentially,
     progress: Progress | None = None,
 ) -> list[Finding]:
-    """Check the ledger's key chain, then every chain (or `only` one), from seq 1."""
+    """Check the ledger's key chain, then every chain (or `only` one), from seq 1.
+
+    `_ledger` itself is walked like any chain too, so its checkpoints and head
+    are checked. Chains are found from the entries as well as the head rows: a
+    deleted head row hides nothing."""
     ledger = await verify_ledger_keys(store, verify_many)
     if isinstance(ledger, Finding):
         return [ledger]
     findings: list[Finding] = []
-    for head in await store.chain_heads():
-        if head.chain == LEDGER_CHAIN or (only is not None and head.chain != only):
+    for chain in await store.chain_names():
+        if only is not None and chain != only:
             continue
-        auditor = ChainAuditor(head.chain)
-        finding = await _expect_checkpoints(store, auditor, ledger, 0) or await _walk(
-            store, auditor, verify_many, progress
-        )
+        auditor = ChainAuditor(chain)
+        finding, _ = await _expect_checkpoints(store, auditor, ledger, 0)
+        finding = finding or await _walk(store, auditor, verify_many, progress)
         if finding is not None:
             findings.append(finding)
     return findings
@@ -185,16 +185,13 @@ class IncrementalVerifier:
         if isinstance(ledger, Finding):
             self.broken[LEDGER_CHAIN] = ledger
             return self.broken
-        for head in await self._store.chain_heads():
-            chain = head.chain
-            if chain == LEDGER_CHAIN or chain in self.broken:
+        for chain in await self._store.chain_names():
+            if chain in self.broken:
                 continue
             auditor = self.auditors.setdefault(chain, ChainAuditor(chain, track_event_ids=False))
             seen = self._checkpoint_sizes.get(chain, -1)
-            finding = await _expect_checkpoints(self._store, auditor, ledger, seen + 1)
-            latest = await self._store.latest_checkpoint(chain)
-            if latest is not None:
-                self._checkpoint_sizes[chain] = latest.size
+            finding, largest = await _expect_checkpoints(self._store, auditor, ledger, seen + 1)
+            self._checkpoint_sizes[chain] = max(seen, largest)
             finding = finding or await _walk(self._store, auditor, self._verify_many, None)
             if finding is not None:
                 self.broken[chain] = finding

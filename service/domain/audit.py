@@ -18,10 +18,11 @@ import base64
 import binascii
 import re
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from service.domain.chain import GENESIS_PREV_HASH, EntryFields, entry_hash
-from service.domain.checkpoint import Checkpoint
+from service.domain.checkpoint import Checkpoint, CheckpointError, origin_for, verify_checkpoint
 from service.domain.events import EventDecodeError, load_json_strict
 from service.domain.signing import SIGNATURE_SIZE, key_id_for, verify_signature
 
@@ -40,6 +41,19 @@ VerifyMany = Callable[[Sequence[SignatureCheck]], list[bool]]
 def verify_sequentially(checks: Sequence[SignatureCheck]) -> list[bool]:
     """The plain `VerifyMany`: one signature after another."""
     return [verify_signature(pub, msg, sig) for pub, msg, sig in checks]
+
+
+def parallel_verifier(executor: Executor | None, parts: int = 2) -> VerifyMany:
+    """A `VerifyMany` spreading signature checks over `parts` threads of `executor`."""
+    if executor is None:
+        return verify_sequentially
+
+    def verify_many(checks: Sequence[SignatureCheck]) -> list[bool]:
+        size = max(1, -(-len(checks) // parts))
+        chunks = [checks[i : i + size] for i in range(0, len(checks), size)]
+        return [ok for part in executor.map(verify_sequentially, chunks) for ok in part]
+
+    return verify_many
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +95,32 @@ class KeyState:
     active: dict[str, bytes] = field(default_factory=dict)
     registered: set[str] = field(default_factory=set)
     labels: dict[str, str] = field(default_factory=dict)
+    public_keys: dict[str, bytes] = field(default_factory=dict)
+    """Every registered key's public key, revoked ones included (for exports)."""
+
+
+def checkpoint_with_ledger_keys(
+    note: str, keys: KeyState, chain: str | None = None
+) -> Checkpoint | str:
+    """Verify a note against every registered ledger key; the checkpoint or why not.
+
+    With `chain`, the note's origin must be `<key name>/<chain>`: a checkpoint
+    of one chain can never stand in for another's."""
+    problems = []
+    for key_id in sorted(keys.registered):
+        public_key = keys.active.get(key_id)
+        if public_key is None:
+            continue
+        name = keys.labels[key_id]
+        try:
+            checkpoint = verify_checkpoint(note, name, public_key)
+        except CheckpointError as e:
+            problems.append(str(e))
+            continue
+        if chain is not None and checkpoint.origin != origin_for(name, chain):
+            return f"origin {checkpoint.origin!r} is not {origin_for(name, chain)!r}"
+        return checkpoint
+    return "; ".join(problems) or "no ledger key is registered"
 
 
 @dataclass(slots=True)
@@ -239,6 +279,7 @@ class ChainAuditor:
             if isinstance(public_key, bytes):
                 self.keys.registered.add(key_id)
                 self.keys.active[key_id] = public_key
+                self.keys.public_keys[key_id] = public_key
                 label = event.get("label")
                 self.keys.labels[key_id] = label if isinstance(label, str) else ""
         elif kind == "publisher_key.revoked":

@@ -23,12 +23,14 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from service.domain.signing import SigningKey, verify_signature
 
 SIGNATURE_PREFIX = "\u2014 "  # em dash, space
+_DECIMAL = re.compile(r"0|[1-9][0-9]*")  # ASCII digits only, no leading zeros
 ED25519_TYPE = b"\x01"
 TIME_EXTENSION = "time "
 
@@ -86,7 +88,7 @@ class NoteSignature:
 
 def split_note(note: str) -> tuple[str, list[NoteSignature]]:
     """Split a signed note into its text and its signature lines (not yet verified)."""
-    if any(ord(c) < 0x20 and c != "\n" for c in note):
+    if any((ord(c) < 0x20 and c != "\n") or ord(c) == 0x7F for c in note):
         raise CheckpointError("a note must not contain control characters other than newline")
     cut = note.rfind("\n\n")
     if cut < 0 or not note.endswith("\n"):
@@ -118,7 +120,7 @@ def parse_body(text: str) -> Checkpoint:
     origin, size_text, head_b64, *extensions = lines
     if not origin:
         raise CheckpointError("empty origin line")
-    if not size_text.isdigit() or (size_text != "0" and size_text.startswith("0")):
+    if not _DECIMAL.fullmatch(size_text):
         raise CheckpointError(f"size must be a decimal without leading zeros, got {size_text!r}")
     try:
         head = base64.b64decode(head_b64, validate=True)

@@ -33,7 +33,11 @@ def from_b64url(text: str) -> bytes:
     Strict, so that one signature has exactly one accepted spelling."""
     if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
         raise ValueError("not unpadded base64url (alphabet A-Z a-z 0-9 - _, no '=')")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if b64url(data) != text:
+        # Unused low bits in the last character set: another spelling of the same bytes.
+        raise ValueError("not canonical base64url (unused trailing bits are set)")
+    return data
 
 
 def key_id_for(public_key: bytes) -> str:
