@@ -49,6 +49,12 @@ async def connect(url: str, name: str, reconnect_forever: bool = True) -> Client
     Services reconnect forever once connected (they must outlive a NATS
     restart). The first connection is tried a few times only, so a wrong URL
     or a server that is down is reported instead of waited on in silence."""
+    holder: list[Client] = []
+
+    async def disconnected() -> None:
+        if holder and not (holder[0].is_closed or holder[0].is_draining):
+            log.warning("disconnected from NATS; reconnecting")
+
     try:
         nc = await nats.connect(
             url,
@@ -58,9 +64,10 @@ async def connect(url: str, name: str, reconnect_forever: bool = True) -> Client
             connect_timeout=5,
             allow_reconnect=True,
             error_cb=_log_nats_error,
-            disconnected_cb=_log_disconnected,
+            disconnected_cb=disconnected,
             reconnected_cb=_log_reconnected,
         )
+        holder.append(nc)
         if reconnect_forever:
             # nats-py applies max_reconnect_attempts to the first connect as well;
             # lift the limit only once connected.
@@ -72,10 +79,6 @@ async def connect(url: str, name: str, reconnect_forever: bool = True) -> Client
 
 async def _log_nats_error(e: Exception) -> None:
     log.warning("nats: %s", e or type(e).__name__)
-
-
-async def _log_disconnected() -> None:
-    log.warning("disconnected from NATS; reconnecting")
 
 
 async def _log_reconnected() -> None:
