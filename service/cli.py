@@ -36,6 +36,7 @@ from service.errors import (
     BrokerError,
     ConfigError,
     MigrationError,
+    NotFoundError,
     StorageError,
     TrustLedgerError,
 )
@@ -426,13 +427,37 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def parse_ledger_key(text: str) -> bytes:
+    """A ledger public key as GET /v1/ledger/keys shows it: the C2SP verifier key
+    (`name+keyid+base64(0x01 || key)`) or the bare base64url public key."""
+    import base64
+    import binascii
+
+    from service.domain.signing import PUBLIC_KEY_SIZE, from_b64url
+
+    try:
+        if "+" in text:
+            # name+keyid+base64(0x01 || key); the base64 part may itself hold '+'.
+            raw = base64.b64decode(text.split("+", 2)[2], validate=True)
+            if len(raw) != PUBLIC_KEY_SIZE + 1 or raw[0] != 1:
+                raise ValueError("not an Ed25519 verifier key")
+            return raw[1:]
+        key = from_b64url(text)
+    except (ValueError, binascii.Error) as e:
+        raise ConfigError(f"--ledger-key {text!r}: {e}") from e
+    if len(key) != PUBLIC_KEY_SIZE:
+        raise ConfigError(f"--ledger-key {text!r}: not a 32-byte Ed25519 public key")
+    return key
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from service.app.offline_verify import verify_export
 
     trusted = [Path(p).read_text(encoding="utf-8") for p in args.checkpoint]
+    pinned = [parse_ledger_key(k) for k in args.ledger_key]
     progress = Progress("entries verified", rate=True)
     source = sys.stdin.buffer if args.file == "-" else Path(args.file)
-    report = verify_export(source, progress, trusted)
+    report = verify_export(source, progress, trusted, pinned_ledger_keys=pinned)
     progress.done()
     if report.finding is not None:
         print(f"FAILED at {report.finding}")
@@ -440,7 +465,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"  (line {report.line} of {args.file})")
         return EXIT_FAILED
     print(
-        f"ok: {report.entries:,} entries, {report.checkpoints:,} checkpoints, "
+        f"ok: {report.entries:,} entries, {report.checkpoints:,} checkpoint"
+        f"{'' if report.checkpoints == 1 else 's'}, "
         f"{report.signatures:,} signatures verified ({report.rate:,.0f} entries/s)"
     )
     return EXIT_OK
@@ -586,6 +612,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NOTE_FILE",
         help="a checkpoint note kept from earlier; the export must agree with it (repeatable)",
     )
+    verify_file.add_argument(
+        "--ledger-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="pin the ledger's first key (verifier_key or public_key from GET /v1/ledger/keys, "
+        "obtained independently); without a pin, the file's own key chain is trusted (repeatable)",
+    )
     verify_file.set_defaults(fn=cmd_verify)
     return parser
 
@@ -603,7 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(level, log_format)
     try:
         code: int = args.fn(args)
-    except (ConfigError, MigrationError, AdmissionError) as e:
+    except (ConfigError, MigrationError, AdmissionError, NotFoundError) as e:
         log.error("%s", e)
         return EXIT_USAGE
     except (EmbeddedServerError, StorageError, BrokerError) as e:

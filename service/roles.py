@@ -31,7 +31,7 @@ from service.adapters.postgres import LedgerStore, StreamPosition
 from service.api.app import HealthCheck, create_app
 from service.app.checkpoints import make_due_checkpoints
 from service.app.consumer import IngestWorker
-from service.app.ledger_key import LedgerSigner, ensure_registered
+from service.app.ledger_key import LedgerSigner, ensure_registered, ledger_keys
 from service.app.verify import IncrementalVerifier
 from service.config import Settings
 from service.domain.audit import LEDGER_CHAIN
@@ -160,9 +160,11 @@ async def run_roles(settings: Settings, roles: Roles, stop: asyncio.Event) -> No
             scheduler.shutdown(wait=False)
         # Not drain(): it waits for the pull subscription's open fetch request
         # to expire. Acks were already published; flush sends them, then close.
+        # NATS may be gone by now: nothing here may keep the pool from closing.
         with contextlib.suppress(Exception):
             await nc.flush(timeout=2)
-        await nc.close()
+        with contextlib.suppress(Exception):
+            await nc.close()
         await store.close()
         log.info("stopped")
 
@@ -217,7 +219,16 @@ def _scheduler(
 
 async def load_ledger_signer(store: LedgerStore, settings: Settings) -> LedgerSigner:
     """The ledger key from its file (created on first start), registered in `_ledger`."""
-    key, created = load_or_create_key(settings.ledger_key_path, LEDGER_CHAIN)
+    path = settings.ledger_key_path
+    if not path.exists():
+        registered = await ledger_keys(store)
+        if registered.registered:
+            raise ConfigError(
+                f"no ledger key at {path}, but the ledger already has keys "
+                f"({', '.join(sorted(registered.registered))}): restore the key file, or set "
+                "TRUSTLEDGER_LEDGER_KEY_FILE to it"
+            )
+    key, created = load_or_create_key(path, LEDGER_CHAIN)
     if created:
         log.info("created the ledger signing key %s in %s", key.key_id, settings.ledger_key_path)
     signer = LedgerSigner(settings.ledger_name, key)
@@ -247,6 +258,7 @@ def run_up(settings: Settings) -> None:
     """Everything on one machine: embedded servers unless URLs are given, then every role."""
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
+    _check_port_free(settings.host, settings.port)  # before minutes of first-run initdb
     postgres = nats = None
     # SIGTERM during the embedded servers' start must still stop them: turn it
     # into KeyboardInterrupt until the event loop installs its own handlers.

@@ -301,7 +301,7 @@ async def test_cli_export_verifies_offline_when_run_as_commands(
     code, out = await _cli(["verify", str(path)], _env(), offline=True)
     ok, loaded = out.splitlines()
     assert code == 0
-    assert ok.startswith(f"ok: {ACME_SIZE} entries, 1 checkpoints, ")
+    assert ok.startswith(f"ok: {ACME_SIZE} entries, 1 checkpoint, ")
     assert ok.endswith(" entries/s)")
     assert loaded == "loaded: "
 
@@ -1016,3 +1016,48 @@ async def test_export_verifies_when_chain_spans_several_batches(
         assert report.rate > 0
     assert sum(exported) == sum(verified) == size + size - 2049
     assert max(verified) == 2000
+
+
+@pytest.mark.parametrize(
+    ("pin", "finding"),
+    [
+        pytest.param("signer", None, id="the-real-ledger-key"),
+        pytest.param(
+            "stranger",
+            ("_ledger", 1, "the ledger's first key is not the pinned ledger key"),
+            id="another-key",
+        ),
+    ],
+)
+async def test_pinned_ledger_key_decides_when_the_export_brings_its_own_key_chain(
+    service: RunningService,
+    org_key: OrgKeyFactory,
+    publisher: PublisherFactory,
+    pin: str,
+    finding: tuple[str, int, str] | None,
+) -> None:
+    """With --ledger-key, an export verifies only if its key chain starts with the pinned key."""
+    ledger = await _ledger(service, org_key, publisher)
+    data = await _export(ledger)
+    key = ledger.signer.key if pin == "signer" else SigningKey.generate("_ledger")
+    report = verify_export(io.BytesIO(data), pinned_ledger_keys=[key.public_key])
+    assert _finding(report) == finding
+
+
+@pytest.mark.parametrize(
+    "form",
+    [pytest.param("verifier_key", id="c2sp-verifier-key"), pytest.param("public_key", id="b64url")],
+)
+def test_ledger_key_option_reads_both_forms_when_copied_from_the_keys_endpoint(form: str) -> None:
+    """--ledger-key takes the C2SP verifier key or the bare base64url public key."""
+    from service.cli import parse_ledger_key
+    from service.domain.checkpoint import verifier_key
+    from service.domain.signing import b64url
+
+    key = SigningKey.generate("_ledger")
+    text = (
+        verifier_key("ledger.example", key.public_key)
+        if form == "verifier_key"
+        else b64url(key.public_key)
+    )
+    assert parse_ledger_key(text) == key.public_key

@@ -1,27 +1,32 @@
 """An independent verifier written from `docs/ledger-format.md` alone, checked on the vectors.
 
-The first part of this file is the verifier. It uses only the standard library,
-`blake3` and `nacl`, and must never import the service (a test below parses
-this file to make sure): an auditor should be able to lift it out as is. The
-tests then hold both it and the service's own `service.domain.chain` to the
-same vectors in `tests/vectors/chain-v1.json`, and run the verifier over
-entries shaped exactly like `GET /v1/chains/{org}/entries` returns them.
+The first part of this file is the verifier: the chain rule (sections 4-6), signed
+checkpoints (section 12) and export files (sections 13-14). It uses only the
+standard library, `blake3` and `nacl`, and must never import the service (a test
+below parses this file to make sure): an auditor should be able to lift it out as
+is. The tests then hold both it and the service's own code to the same vectors in
+`tests/vectors/` (chain-v1.json, checkpoint-v1.json, export-v1*.jsonl), run it
+over entries shaped exactly like `GET /v1/chains/{org}/entries` returns them, and
+over a real export of a chain built through NATS.
 """
 
 from __future__ import annotations
 
 import ast
 import base64
+import binascii
+import hashlib
 import importlib.util
+import io
 import json
 import re
 import struct
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, BinaryIO
 
 import blake3
 import nacl.exceptions
@@ -29,7 +34,7 @@ import nacl.signing
 import pytest
 
 # ======================================================================================
-# The independent verifier (docs/ledger-format.md, sections 4-6). No service imports.
+# The independent verifier (docs/ledger-format.md). No service imports.
 # ======================================================================================
 
 ENTRY_PREFIX = b"trustledger/entry/v1" + b"\x00"
@@ -94,80 +99,140 @@ def _public_key(text: object) -> bytes | None:
     return base64.urlsafe_b64decode(text + "=")
 
 
+def b64url_decode(text: str) -> bytes:
+    """Section 1: unpadded base64url, one spelling only (ValueError on anything else)."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]*", text) or len(text) % 4 == 1:
+        raise ValueError("not unpadded base64url")
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if base64.urlsafe_b64encode(data).rstrip(b"=").decode() != text:
+        raise ValueError("not canonical base64url")
+    return data
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    if len({name for name, _ in pairs}) != len(pairs):
+        raise ValueError("repeated member name")
+    return dict(pairs)
+
+
+def parse_json_object(data: bytes) -> dict[str, Any] | None:
+    """Section 4.1: UTF-8 JSON, a repeated member name anywhere refused; None if not an object."""
+    try:
+        value = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_members)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 @dataclass(frozen=True)
 class Break:
-    """The first entry that does not verify (section 6), and why."""
+    """The first thing that does not verify, and why: an entry's seq, and a file's line."""
 
-    seq: int
+    seq: int | None
     reason: str
+    line: int | None = None
 
 
-def verify_api_entries(chain: str, entries: Iterable[Mapping[str, Any]]) -> Break | None:
-    """Section 6 over entries as `GET /v1/chains/{org}/entries` returns them (section 9).
+class Broken(Exception):
+    """Raised inside the verifier; turned into a `Break` at the top."""
 
-    `entries` is every entry of the chain from seq 1, in order (the pages joined).
-    Returns None when the chain is valid, else the first break.
-    """
-    prev = GENESIS
-    active: dict[str, bytes] = {}  # key id -> public key, for keys usable now
-    ever_registered: set[str] = set()
-    event_ids: set[str] = set()
-    for i, entry in enumerate(entries, start=1):
-        seq = entry["seq"]
+    def __init__(self, seq: int | None, reason: str, line: int | None = None) -> None:
+        super().__init__(reason)
+        self.seq, self.reason, self.line = seq, reason, line
+
+
+@dataclass
+class Keys:
+    """Section 5.3: a chain's key state."""
+
+    active: dict[str, bytes] = field(default_factory=dict)  # key id -> public key, usable now
+    registered: dict[str, int] = field(default_factory=dict)  # key id -> registering seq (0: given)
+    labels: dict[str, str] = field(default_factory=dict)  # key id -> its registration's label
+
+
+class ChainCheck:
+    """Section 6, entry after entry, from genesis or from a given (seq, hash, key state)."""
+
+    def __init__(
+        self, chain: str, after_seq: int = 0, after_hash: bytes = GENESIS, keys: Keys | None = None
+    ) -> None:
+        self.chain = chain
+        self.seq = after_seq
+        self.head = after_hash
+        self.keys = keys if keys is not None else Keys()
+        self.event_ids: set[str] = set()
+        self.self_signed: list[int] = []  # seqs of self-signed registrations
+        self.expected: dict[int, bytes] = {}  # checkpoint size -> head hash it signs
+
+    def expect_head(self, size: int, head_hash: bytes) -> None:
+        """A verified checkpoint: the chain's head at `size` must be `head_hash`."""
+        if size < self.seq:
+            raise Broken(size, f"checkpoint at size {size} precedes the entries being checked")
+        if size == self.seq:
+            self._compare(size, head_hash, self.head)
+        else:
+            self.expected[size] = head_hash
+
+    def _compare(self, size: int, signed: bytes, computed: bytes) -> None:
+        if signed != computed:
+            raise Broken(size, f"head at size {size} differs from the signed checkpoint")
+
+    def add(self, entry: Mapping[str, Any]) -> dict[str, Any]:
+        """Check the next entry (members as in sections 9 and 13.2); returns its event."""
+        chain, seq = self.chain, entry["seq"]
         # 1. chain name and gapless seq
         if entry["chain"] != chain:
-            return Break(seq, f"entry belongs to chain {entry['chain']!r}")
-        if seq != i:
-            return Break(seq, f"expected seq {i}")
+            raise Broken(seq, f"entry belongs to chain {entry['chain']!r}")
+        if seq != self.seq + 1:
+            raise Broken(seq, f"expected seq {self.seq + 1}")
         # 2. link
-        if bytes.fromhex(entry["prev_hash"]) != prev:
-            return Break(seq, "prev_hash does not equal the previous entry_hash")
+        if bytes.fromhex(entry["prev_hash"]) != self.head:
+            raise Broken(seq, "prev_hash does not equal the previous entry_hash")
         # 3. hash
         key_id = entry["key_id"]
         signature = bytes.fromhex(entry["signature"])
-        event = entry["event"].encode("utf-8")
-        computed = hash_entry(prev, chain, seq, entry["received_at_us"], key_id, signature, event)
+        try:
+            event = entry["event"].encode("utf-8")
+        except UnicodeEncodeError:
+            raise Broken(seq, "event text is not valid UTF-8") from None
+        computed = hash_entry(
+            self.head, chain, seq, entry["received_at_us"], key_id, signature, event
+        )
         if computed != bytes.fromhex(entry["entry_hash"]):
-            return Break(seq, "entry_hash does not match the recomputed hash")
+            raise Broken(seq, "entry_hash does not match the recomputed hash")
         # 4. field shapes
         if not KEY_ID_RE.fullmatch(key_id) or len(signature) != 64:
-            return Break(seq, "malformed key id or signature")
+            raise Broken(seq, "malformed key id or signature")
         # 5. the event: UTF-8 JSON object of this org, id unique in the chain
-        try:
-            doc = json.loads(event.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return Break(seq, "event is not UTF-8 JSON")
-        if not isinstance(doc, dict) or not isinstance(doc.get("kind"), str):
-            return Break(seq, "event is not a JSON object with a kind")
+        doc = parse_json_object(event)
+        if doc is None or not isinstance(doc.get("kind"), str):
+            raise Broken(seq, "event is not a JSON object with a kind")
         if doc.get("org") != chain:
-            return Break(seq, f"event org {doc.get('org')!r} is not the chain")
-        if not isinstance(doc.get("id"), str) or doc["id"] in event_ids:
-            return Break(seq, f"event id {doc.get('id')!r} missing or repeated")
-        event_ids.add(doc["id"])
+            raise Broken(seq, f"event org {doc.get('org')!r} is not the chain")
+        if not isinstance(doc.get("id"), str) or doc["id"] in self.event_ids:
+            raise Broken(seq, f"event id {doc.get('id')!r} missing or repeated")
+        self.event_ids.add(doc["id"])
         kind = doc["kind"]
-        # unhashed columns (section 8): re-derived, not trusted
-        if entry.get("event_id", doc["id"]) != doc["id"] or entry.get("kind", kind) != kind:
-            return Break(seq, "event_id/kind columns disagree with the event bytes")
         # 6. the signing key is authorised
-        if key_id in active:
-            if not ed25519_verifies(active[key_id], event, signature):
-                return Break(seq, f"signature does not verify under key {key_id}")
-            self_signed = False
+        keys = self.keys
+        if key_id in keys.active:
+            if not ed25519_verifies(keys.active[key_id], event, signature):
+                raise Broken(seq, f"signature does not verify under key {key_id}")
         elif (
             kind == "publisher_key.registered"
             and doc.get("key_id") == key_id
-            and key_id not in ever_registered
+            and key_id not in keys.registered
         ):
             public_key = _public_key(doc.get("public_key"))
             if public_key is None or key_id_of(public_key) != key_id:
-                return Break(seq, "self-signed registration: key id does not match public key")
+                raise Broken(seq, "self-signed registration: key id does not match public key")
             if not ed25519_verifies(public_key, event, signature):
-                return Break(seq, "self-signed registration: signature does not verify")
-            self_signed = True
+                raise Broken(seq, "self-signed registration: signature does not verify")
+            self.self_signed.append(seq)
         else:
-            return Break(seq, f"key {key_id} is not registered and active in this chain")
-        if i == 1 and not self_signed:
-            return Break(seq, "entry 1 is not a self-signed key registration")
+            raise Broken(seq, f"key {key_id} is not registered and active in this chain")
+        if seq == 1 and self.self_signed != [1]:
+            raise Broken(seq, "entry 1 is not a self-signed key registration")
         # 7. effect on key state
         if kind == "publisher_key.registered":
             registered = doc.get("key_id")
@@ -177,13 +242,445 @@ def verify_api_entries(chain: str, entries: Iterable[Mapping[str, Any]]) -> Brea
                 or public_key is None
                 or key_id_of(public_key) != registered
             ):
-                return Break(seq, "registration: key id does not match public key")
-            if registered not in ever_registered:
-                ever_registered.add(registered)
-                active[registered] = public_key
+                raise Broken(seq, "registration: key id does not match public key")
+            if registered not in keys.registered:
+                keys.registered[registered] = seq
+                keys.active[registered] = public_key
+                label = doc.get("label")
+                keys.labels[registered] = label if isinstance(label, str) else ""
         elif kind == "publisher_key.revoked":
-            active.pop(str(doc.get("key_id")), None)
-        prev = computed
+            keys.active.pop(str(doc.get("key_id")), None)
+        self.seq, self.head = seq, computed
+        if seq in self.expected:
+            self._compare(seq, self.expected.pop(seq), computed)
+        return doc
+
+    def finish(self) -> None:
+        """After the last entry: every expected head must have been reached."""
+        if self.expected:
+            size = min(self.expected)
+            raise Broken(
+                self.seq + 1,
+                f"a signed checkpoint covers {size} entries but the chain ends at {self.seq}",
+            )
+
+
+def verify_api_entries(chain: str, entries: Iterable[Mapping[str, Any]]) -> Break | None:
+    """Section 6 over entries as `GET /v1/chains/{org}/entries` returns them (section 9).
+
+    `entries` is every entry of the chain from seq 1, in order (the pages joined).
+    Returns None when the chain is valid, else the first break.
+    """
+    walk = ChainCheck(chain)
+    try:
+        for entry in entries:
+            doc = walk.add(entry)
+            # unhashed columns (section 8): re-derived, not trusted
+            if (
+                entry.get("event_id", doc["id"]) != doc["id"]
+                or entry.get("kind", doc["kind"]) != doc["kind"]
+            ):
+                raise Broken(entry["seq"], "event_id/kind columns disagree with the event bytes")
+    except Broken as b:
+        return Break(b.seq, b.reason)
+    return None
+
+
+# --- Signed checkpoints (section 12) ------------------------------------------------
+
+NOTE_SIGNATURE_PREFIX = "\u2014 "  # EM DASH, SPACE
+DECIMAL_RE = re.compile(r"0|[1-9][0-9]*")
+TIME_LINE_RE = re.compile(r"time (\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6})Z")
+
+
+class NoteError(ValueError):
+    """A note that does not parse or does not verify."""
+
+
+@dataclass(frozen=True)
+class CheckpointBody:
+    origin: str
+    size: int
+    head_hash: bytes
+    time: str  # as written, e.g. 2026-01-15T09:32:00.000000Z
+
+
+@dataclass(frozen=True)
+class NoteSignature:
+    name: str
+    key_id: bytes  # 4 bytes
+    signature: bytes
+
+
+def note_key_id(name: str, public_key: bytes) -> bytes:
+    """Section 12.3: SHA-256(name || 0x0A || 0x01 || public key)[:4]."""
+    return hashlib.sha256(name.encode("utf-8") + b"\n\x01" + public_key).digest()[:4]
+
+
+def split_note(note: str) -> tuple[str, list[NoteSignature]]:
+    """Section 12.4 steps 1-2: the signed text (through its last newline) and the signature lines."""
+    if any((ord(c) < 0x20 and c != "\n") or ord(c) == 0x7F for c in note):
+        raise NoteError("control character in note")
+    cut = note.rfind("\n\n")
+    if cut < 0 or not note.endswith("\n"):
+        raise NoteError("a note is text, an empty line, then signature lines")
+    text, block = note[: cut + 1], note[cut + 2 : -1]
+    signatures = []
+    for line in block.split("\n"):
+        if not line.startswith(NOTE_SIGNATURE_PREFIX):
+            raise NoteError(f"not a signature line: {line!r}")
+        name, _, blob_b64 = line[len(NOTE_SIGNATURE_PREFIX) :].partition(" ")
+        try:
+            blob = base64.b64decode(blob_b64, validate=True)
+        except binascii.Error:
+            raise NoteError("signature is not base64") from None
+        if not name or len(blob) < 5:
+            raise NoteError("malformed signature line")
+        signatures.append(NoteSignature(name, blob[:4], blob[4:]))
+    return text, signatures
+
+
+def parse_checkpoint_body(text: str) -> CheckpointBody:
+    """Sections 12.2 and 12.4 step 4: origin, size, base64 head hash, exactly one `time` line."""
+    lines = text.split("\n")
+    if lines[-1] != "" or len(lines) < 4:
+        raise NoteError("a body has at least three newline-terminated lines")
+    origin, size, head_b64, *extensions = lines[:-1]
+    if not origin or not DECIMAL_RE.fullmatch(size) or "" in extensions:
+        raise NoteError("bad origin, size or empty extension line")
+    try:
+        head = base64.b64decode(head_b64, validate=True)
+    except binascii.Error:
+        raise NoteError("head hash is not base64") from None
+    if len(head) != 32:
+        raise NoteError("head hash is not 32 bytes")
+    times = [e for e in extensions if e.startswith("time ")]
+    if len(times) != 1 or not (match := TIME_LINE_RE.fullmatch(times[0])):
+        raise NoteError("a checkpoint has exactly one `time <RFC 3339, 6 digits>Z` line")
+    datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S.%f")  # a real instant
+    return CheckpointBody(origin, int(size), head, times[0][len("time ") :])
+
+
+def verify_checkpoint_note(note: str, name: str, public_key: bytes) -> CheckpointBody:
+    """Section 12.4 step 3: the note carries a signature line of this key, and every such line verifies."""
+    text, signatures = split_note(note)
+    key_id = note_key_id(name, public_key)
+    ours = [s for s in signatures if s.name == name and s.key_id == key_id]
+    if not ours:
+        raise NoteError(f"no signature by {name}+{key_id.hex()}")
+    if not all(ed25519_verifies(public_key, text.encode("utf-8"), s.signature) for s in ours):
+        raise NoteError(f"signature by {name}+{key_id.hex()} does not verify")
+    return parse_checkpoint_body(text)
+
+
+def verify_checkpoint_by_ledger(note: str, ledger: Keys) -> CheckpointBody:
+    """Sections 12.1 and 12.4: accepted when one active `_ledger` key (named by its label) signed it."""
+    problems = []
+    for key_id in sorted(ledger.active):
+        try:
+            return verify_checkpoint_note(note, ledger.labels[key_id], ledger.active[key_id])
+        except NoteError as e:
+            problems.append(str(e))
+    raise NoteError("; ".join(problems) or "no ledger key")
+
+
+# --- Export files (sections 13 and 14) ----------------------------------------------
+
+EXPORT_FORMAT = "trustledger-export/v1"
+EXPORT_SIGNATURE_PREFIX = b"trustledger/export/v1" + b"\x00"
+LEDGER_CHAIN = "_ledger"
+ORG_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+HEX64_RE = re.compile(r"[0-9a-f]{64}")
+HEX_RE = re.compile(r"(?:[0-9a-f]{2})*")
+MAX_SEQ = 2**63 - 1
+
+# Section 13.2: every member of every line type, and its JSON type.
+LINE_MEMBERS: dict[str, dict[str, type]] = {
+    "header": {
+        "format": str, "chain": str, "from_seq": int, "to_seq": int,
+        "chain_size": int, "ledger_name": str, "exported_at": str,
+    },
+    "entry": {
+        "chain": str, "seq": int, "received_at_us": int, "key_id": str,
+        "signature": str, "event": str, "prev_hash": str, "entry_hash": str,
+    },
+    "publisher_key": {"key_id": str, "public_key": str, "label": str, "active": bool},
+    "prev": {"seq": int, "entry_hash": str},
+    "checkpoint": {"note": str},
+    "end": {"entries": int, "digest": str, "key_name": str, "key_id": str, "signature": str},
+}  # fmt: skip
+SEQ_MEMBERS = {"from_seq", "to_seq", "chain_size", "seq", "entries"}
+
+
+def parse_export_line(raw: bytes) -> dict[str, Any]:
+    """Sections 13.1-13.2 (check L3): one JSON object with exactly the members of its type (ValueError if not)."""
+    line = parse_json_object(raw)
+    if line is None or line.get("type") not in LINE_MEMBERS:
+        raise ValueError("not a JSON object of a known line type")
+    members = LINE_MEMBERS[line["type"]]
+    if set(line) != {"type", *members}:
+        raise ValueError(f"members of a {line['type']} line are {sorted(members)}")
+    for name, kind in members.items():
+        value = line[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ValueError(f"{name} must be a JSON {kind.__name__}")
+    for name in SEQ_MEMBERS & set(members):
+        if not 0 <= line[name] <= MAX_SEQ:
+            raise ValueError(f"{name} out of range")
+    if line["type"] == "entry" and (
+        not -(2**63) <= line["received_at_us"] < 2**63 or not HEX_RE.fullmatch(line["signature"])
+    ):
+        raise ValueError("received_at_us out of range or signature not hex")
+    for name in ("prev_hash", "entry_hash", "digest"):
+        if name in members and not HEX64_RE.fullmatch(line[name]):
+            raise ValueError(f"{name} must be 64 lowercase hex characters")
+    if line["type"] == "header" and datetime.fromisoformat(line["exported_at"]).tzinfo is None:
+        raise ValueError("exported_at carries no UTC offset")
+    return line
+
+
+_HEADER, _LEDGER, _KEYS, _CHECKPOINTS, _ENTRIES, _DONE = range(6)
+
+
+class ExportCheck:
+    """Section 14.1, one line at a time; raises `Broken` at the first thing that does not hold."""
+
+    def __init__(self, trusted_checkpoints: Iterable[str], ledger_root: bytes | None) -> None:
+        self.trusted = list(trusted_checkpoints)
+        self.ledger_root = ledger_root
+        self.section = _HEADER
+        self.n = 0  # line number
+        self.digest = blake3.blake3()
+        self.header: dict[str, Any] = {}
+        self.ledger = ChainCheck(LEDGER_CHAIN)
+        self.keys = Keys()
+        self.walk: ChainCheck | None = None
+        self.last_size = -1  # the last checkpoint size seen in the file
+        self.last_in_range: int | None = None
+        self.beyond: dict[int, bytes] = {}  # size -> head, checkpoints beyond to_seq
+        self.entries = 0
+
+    def fail(self, reason: str, seq: int | None = None) -> Broken:
+        return Broken(seq, reason, self.n)
+
+    def next_seq(self) -> int | None:
+        """The seq a line cut off or unreadable in the entries would have held."""
+        if self.walk is None or self.walk.seq + 1 > self.header["to_seq"]:
+            return None
+        return self.walk.seq + 1
+
+    def run(self, stream: BinaryIO) -> None:
+        for raw in stream:  # a binary stream splits at 0x0A only
+            self.n += 1
+            if self.section == _DONE:
+                raise self.fail("a line follows the trailer")
+            if not raw.endswith(b"\n"):
+                raise self.fail("the line is cut off (no newline)", self.next_seq())
+            try:
+                line = parse_export_line(raw)
+            except ValueError as e:
+                raise self.fail(f"not an export line: {e}", self.next_seq()) from None
+            if line["type"] == "end":
+                self.end(line)
+                continue
+            self.digest.update(raw)
+            self.dispatch[line["type"]](line)
+        if self.section != _DONE:
+            raise self.fail("the file ends without its trailer", self.next_seq())
+
+    @property
+    def dispatch(self) -> dict[str, Any]:
+        return {
+            "header": self.header_line,
+            "entry": self.entry,
+            "publisher_key": self.publisher_key,
+            "prev": self.prev,
+            "checkpoint": self.checkpoint,
+        }
+
+    def out_of_order(self, line: dict[str, Any]) -> Broken:
+        return self.fail(f"a {line['type']} line is out of order")
+
+    # step 1: the header
+    def header_line(self, h: dict[str, Any]) -> None:
+        if self.section != _HEADER:
+            raise self.fail("a second header")
+        if h["format"] != EXPORT_FORMAT:
+            raise self.fail(f"unsupported format {h['format']!r}")
+        if h["chain"] == LEDGER_CHAIN or not ORG_RE.fullmatch(h["chain"]):
+            raise self.fail("the header names no org chain")
+        if not 1 <= h["from_seq"] <= h["to_seq"] <= h["chain_size"]:
+            raise self.fail("the header's range is impossible")
+        if not h["ledger_name"]:
+            raise self.fail("the header names no ledger")
+        self.header = h
+        self.section = _LEDGER
+
+    # steps 2 (the ledger's key chain) and 7 (the entries)
+    def entry(self, line: dict[str, Any]) -> None:
+        if self.section == _HEADER:
+            raise self.fail("the file does not start with a header")
+        if self.section == _LEDGER and line["chain"] == LEDGER_CHAIN:
+            self.ledger.add(line)
+            return
+        if self.section == _CHECKPOINTS:
+            self.close_checkpoints()
+        if self.section != _ENTRIES:
+            raise self.out_of_order(line)
+        assert self.walk is not None
+        if line["seq"] > self.header["to_seq"]:
+            raise self.fail("an entry beyond the range", line["seq"])
+        self.walk.add(line)
+        self.entries += 1
+
+    def close_ledger(self) -> None:
+        self.ledger.finish()
+        if not self.ledger.keys.active:
+            raise self.fail("no ledger key is registered in _ledger")
+        if self.ledger_root is not None:
+            # Trust anchor (section 14.2): entry 1 registers the pinned key, and every
+            # later ledger key is endorsed by one registered before it.
+            first = [k for k, seq in self.ledger.keys.registered.items() if seq == 1]
+            root_id = key_id_of(self.ledger_root)
+            if first != [root_id] or self.ledger.self_signed != [1]:
+                raise self.fail("the ledger's key chain is not rooted in the pinned key")
+        self.section = _KEYS
+
+    # step 3: key state before the range
+    def publisher_key(self, line: dict[str, Any]) -> None:
+        if self.section == _HEADER:
+            raise self.fail("the file does not start with a header")
+        if self.section == _LEDGER:
+            self.close_ledger()
+        if self.section != _KEYS:
+            raise self.out_of_order(line)
+        if self.header["from_seq"] == 1:
+            raise self.fail("publisher keys in an export from seq 1")
+        try:
+            public_key = b64url_decode(line["public_key"])
+        except ValueError:
+            raise self.fail("publisher key is not base64url") from None
+        key_id = line["key_id"]
+        if (
+            len(public_key) != 32
+            or key_id_of(public_key) != key_id
+            or key_id in self.keys.registered
+        ):
+            raise self.fail("publisher key's id is wrong or repeated")
+        self.keys.registered[key_id] = 0
+        self.keys.labels[key_id] = line["label"]
+        if line["active"]:
+            self.keys.active[key_id] = public_key
+
+    # step 4: the link before the range
+    def prev(self, line: dict[str, Any]) -> None:
+        if self.section == _HEADER:
+            raise self.fail("the file does not start with a header")
+        if self.section == _LEDGER:
+            self.close_ledger()
+        if self.section != _KEYS:
+            raise self.out_of_order(line)
+        first = self.header["from_seq"]
+        prev_hash = bytes.fromhex(line["entry_hash"])
+        if line["seq"] != first - 1:
+            raise self.fail("the prev line is not the entry before the range", line["seq"])
+        if first == 1 and prev_hash != GENESIS:
+            raise self.fail("the prev line of an export from seq 1 is not 32 zero bytes", 0)
+        self.walk = ChainCheck(self.header["chain"], first - 1, prev_hash, self.keys)
+        self.section = _CHECKPOINTS
+
+    # steps 5 and 6: the file's checkpoints (in order) and the auditor's own (trusted)
+    def checkpoint(self, line: dict[str, Any], trusted: bool = False) -> None:
+        if self.section == _HEADER:
+            raise self.fail("the file does not start with a header")
+        if not trusted and self.section != _CHECKPOINTS:
+            raise self.out_of_order(line)
+        h, walk = self.header, self.walk
+        assert walk is not None
+        try:
+            cp = verify_checkpoint_by_ledger(line["note"], self.ledger.keys)
+        except NoteError as e:
+            try:  # name the size the note claims, if it has one
+                claimed: int | None = parse_checkpoint_body(split_note(line["note"])[0]).size
+            except NoteError:
+                claimed = None
+            raise self.fail(f"checkpoint signature does not verify: {e}", claimed) from None
+        # Any name a ledger key was registered under: a rotation may rename the ledger.
+        if cp.origin not in {f"{name}/{h['chain']}" for name in self.ledger.keys.labels.values()}:
+            raise self.fail(f"checkpoint of another log: {cp.origin!r}", cp.size)
+        if cp.size > h["chain_size"]:
+            raise self.fail(
+                f"a checkpoint covers {cp.size} entries, the header says {h['chain_size']}",
+                h["chain_size"] + 1,
+            )
+        if not trusted:
+            if cp.size <= self.last_size:
+                raise self.fail("checkpoints out of order", cp.size)
+            self.last_size = cp.size
+        if cp.size > h["to_seq"]:
+            if self.beyond.setdefault(cp.size, cp.head_hash) != cp.head_hash:
+                raise self.fail(f"two checkpoints disagree at size {cp.size}", cp.size)
+        elif cp.size >= h["from_seq"] - 1:
+            known = walk.expected.get(cp.size)
+            if known is not None and known != cp.head_hash:
+                raise self.fail(f"two checkpoints disagree at size {cp.size}", cp.size)
+            if known is None:
+                walk.expect_head(cp.size, cp.head_hash)
+            if not trusted:
+                self.last_in_range = cp.size
+        elif not trusted:
+            raise self.fail("checkpoint precedes the entries being checked", cp.size)
+
+    def close_checkpoints(self) -> None:
+        for note in self.trusted:
+            self.checkpoint({"note": note}, trusted=True)
+        if self.last_in_range != self.header["to_seq"]:
+            raise self.fail("no signed checkpoint at the range's last entry", self.header["to_seq"])
+        self.section = _ENTRIES
+
+    # steps 8-10: the end of the range, the trailer
+    def end(self, end: dict[str, Any]) -> None:
+        if self.section == _CHECKPOINTS:
+            self.close_checkpoints()
+        if self.section != _ENTRIES:
+            raise self.out_of_order(end)
+        h, walk = self.header, self.walk
+        assert walk is not None
+        walk.finish()
+        if walk.seq != h["to_seq"]:
+            raise self.fail("the file ends before the end of its range", walk.seq + 1)
+        if end["entries"] != self.entries:
+            raise self.fail("the trailer's entry count disagrees with the file")
+        digest = self.digest.digest()
+        if end["digest"] != digest.hex():
+            raise self.fail("the trailer's digest does not match the file")
+        public_key = self.ledger.keys.active.get(end["key_id"])
+        if end["key_name"] != h["ledger_name"] or public_key is None:
+            raise self.fail("the trailer is not signed by an active ledger key")
+        try:
+            signature = b64url_decode(end["signature"])
+        except ValueError:
+            raise self.fail("the trailer's signature is not base64url") from None
+        if not ed25519_verifies(public_key, EXPORT_SIGNATURE_PREFIX + digest, signature):
+            raise self.fail("the trailer's signature does not verify")
+        self.section = _DONE
+
+
+def verify_export_file(
+    data: bytes | BinaryIO,
+    trusted_checkpoints: Iterable[str] = (),
+    ledger_root: bytes | None = None,
+) -> Break | None:
+    """Section 14.1 over a whole export file; None when it verifies, else the first break.
+
+    `trusted_checkpoints` are notes the auditor kept; `ledger_root` is the ledger's first
+    key (32 bytes) when the auditor pins it."""
+    check = ExportCheck(trusted_checkpoints, ledger_root)
+    stream = io.BytesIO(data) if isinstance(data, bytes) else data
+    try:
+        check.run(stream)
+    except Broken as b:
+        return Break(b.seq, b.reason, b.line if b.line is not None else check.n)
     return None
 
 
@@ -198,15 +695,32 @@ SPEC_PATH = REPO / "docs" / "ledger-format.md"
 VECTORS: dict[str, Any] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
 ENTRIES: list[dict[str, Any]] = VECTORS["entries"]
 ENTRY_IDS = [f"seq-{e['seq']}" for e in ENTRIES]
+VECTOR_DIR = REPO / "tests" / "vectors"
+EXPORT_GENERATOR_PATH = VECTOR_DIR / "generate_export.py"
+CHECKPOINT_VECTOR: dict[str, Any] = json.loads(
+    (VECTOR_DIR / "checkpoint-v1.json").read_text(encoding="utf-8")
+)
+EXPORT_FILES = ["export-v1.jsonl", "export-v1-partial.jsonl"]
+EXPORT_META: dict[str, Any] = json.loads((VECTOR_DIR / "export-v1.json").read_text("utf-8"))
+LEDGER_PUBLIC_KEY = bytes.fromhex(CHECKPOINT_VECTOR["ledger_key"]["public_key_hex"])
+LEDGER_NAME = CHECKPOINT_VECTOR["ledger_key"]["name"]
 
 
-def _generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("trustledger_vector_generator", GENERATOR_PATH)
+def _load(path: Path, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _generator() -> ModuleType:
+    return _load(GENERATOR_PATH, "trustledger_vector_generator")
+
+
+def _export_generator() -> ModuleType:
+    return _load(EXPORT_GENERATOR_PATH, "trustledger_export_vector_generator")
 
 
 def _fields(entry: Mapping[str, Any]) -> tuple[str, int, int, str, bytes, bytes]:
@@ -247,7 +761,7 @@ def test_vectors_file_equals_generator_output_when_regenerated() -> None:
 def test_spec_embeds_generated_worked_example_when_rendered() -> None:
     """The worked example in docs/ledger-format.md is the generator's current output."""
     assert _generator().markdown() in SPEC_PATH.read_text(encoding="utf-8"), (
-        "docs/ledger-format.md section 13 is stale: paste `generate.py --markdown`"
+        "docs/ledger-format.md section 15 is stale: paste `generate.py --markdown`"
     )
 
 
@@ -352,6 +866,294 @@ def test_independent_verifier_imports_no_service_code_when_parsed() -> None:
             assert (node.module or "").split(".")[0] != "service"
 
 
+# --- checkpoint and export vectors: both implementations ------------------------
+
+
+def test_checkpoint_and_export_vector_files_equal_generator_output_when_regenerated() -> None:
+    """checkpoint-v1.json and the export files are exactly what generate_export.py writes."""
+    for path, data in _export_generator().outputs().items():
+        assert path.read_bytes() == data, (
+            f"stale {path.name}: run `python tests/vectors/generate_export.py`"
+        )
+
+
+def test_spec_embeds_generated_checkpoint_and_export_example_when_rendered() -> None:
+    """The checkpoint and export worked example in the spec is the generator's current output."""
+    assert _export_generator().markdown() in SPEC_PATH.read_text(encoding="utf-8"), (
+        "docs/ledger-format.md section 15 is stale: paste `generate_export.py --markdown`"
+    )
+
+
+def test_checkpoint_vector_values_follow_spec_when_recomputed_independently() -> None:
+    """Ledger key, note key id, body bytes, signature and note come out as section 12 states."""
+    key, cp = CHECKPOINT_VECTOR["ledger_key"], CHECKPOINT_VECTOR["checkpoint"]
+    seed = blake3.blake3(key["seed_label"].encode()).digest()
+    assert bytes(nacl.signing.SigningKey(seed).verify_key) == LEDGER_PUBLIC_KEY
+    assert key_id_of(LEDGER_PUBLIC_KEY) == key["key_id"]
+    name = key["name"]
+    preimage_ = name.encode() + b"\x0a\x01" + LEDGER_PUBLIC_KEY
+    assert preimage_.hex() == key["note_key_id_preimage_hex"]
+    assert note_key_id(name, LEDGER_PUBLIC_KEY).hex() == key["note_key_id_hex"]
+    verifier = base64.b64encode(b"\x01" + LEDGER_PUBLIC_KEY).decode()
+    assert key["verifier_key"] == f"{name}+{key['note_key_id_hex']}+{verifier}"
+    # The body, built from the values alone; the head is the chain-v1 head.
+    head = bytes.fromhex(cp["head_hash_hex"])
+    assert (cp["size"], cp["head_hash_hex"]) == (
+        VECTORS["head"]["seq"],
+        VECTORS["head"]["hash_hex"],
+    )
+    body = f"{name}/{cp['chain']}\n{cp['size']}\n{base64.b64encode(head).decode()}\ntime {cp['time']}\n"
+    assert body == CHECKPOINT_VECTOR["body"]
+    assert body.encode().hex() == CHECKPOINT_VECTOR["body_hex"]
+    signature = bytes.fromhex(CHECKPOINT_VECTOR["signature_hex"])
+    assert nacl.signing.SigningKey(seed).sign(body.encode()).signature == signature
+    blob = note_key_id(name, LEDGER_PUBLIC_KEY) + signature
+    line = f"\u2014 {name} {base64.b64encode(blob).decode()}"
+    assert line == CHECKPOINT_VECTOR["signature_line"]
+    assert f"{body}\n{line}\n" == CHECKPOINT_VECTOR["note"]
+    assert CHECKPOINT_VECTOR["note"].encode().hex() == CHECKPOINT_VECTOR["note_hex"]
+
+
+def test_both_verify_checkpoint_vector_when_untouched() -> None:
+    """The independent note verifier and service.domain.checkpoint accept the vector note."""
+    from service.domain.checkpoint import verify_checkpoint
+
+    note, cp = CHECKPOINT_VECTOR["note"], CHECKPOINT_VECTOR["checkpoint"]
+    mine = verify_checkpoint_note(note, LEDGER_NAME, LEDGER_PUBLIC_KEY)
+    theirs = verify_checkpoint(note, LEDGER_NAME, LEDGER_PUBLIC_KEY)
+    assert (mine.origin, mine.size, mine.head_hash.hex(), mine.time) == (
+        cp["origin"], cp["size"], cp["head_hash_hex"], cp["time"],
+    )  # fmt: skip
+    assert (theirs.origin, theirs.size, theirs.head_hash) == (
+        mine.origin, mine.size, mine.head_hash,
+    )  # fmt: skip
+
+
+def _other_key() -> nacl.signing.SigningKey:
+    return nacl.signing.SigningKey(blake3.blake3(b"test/not-the-ledger").digest())
+
+
+def _tampered_note(case: str) -> tuple[str, str, bytes]:
+    """(note, key name, public key) for one way of getting a checkpoint wrong."""
+    note, name, body = CHECKPOINT_VECTOR["note"], LEDGER_NAME, CHECKPOINT_VECTOR["body"]
+    sig_line = CHECKPOINT_VECTOR["signature_line"]
+    if case == "size-changed":
+        return note.replace("\n3\n", "\n4\n", 1), name, LEDGER_PUBLIC_KEY
+    if case == "time-changed":
+        return note.replace("09:32:00", "09:33:00", 1), name, LEDGER_PUBLIC_KEY
+    if case == "origin-changed":
+        return note.replace("/acme\n", "/beta\n", 1), name, LEDGER_PUBLIC_KEY
+    if case == "signature-byte-flipped":
+        blob = bytearray(bytes.fromhex(CHECKPOINT_VECTOR["signature_line_blob_hex"]))
+        blob[10] ^= 1
+        return f"{body}\n\u2014 {name} {base64.b64encode(blob).decode()}\n", name, LEDGER_PUBLIC_KEY
+    if case == "other-key":
+        return note, name, bytes(_other_key().verify_key)
+    if case == "other-key-name":
+        return note, "ledger.other", LEDGER_PUBLIC_KEY
+    if case == "no-empty-line":
+        return f"{body}{sig_line}\n", name, LEDGER_PUBLIC_KEY
+    if case == "no-time-line":
+        other = _other_key()
+        text = body.split("time ")[0]
+        blob = note_key_id(name, bytes(other.verify_key)) + other.sign(text.encode()).signature
+        forged = f"{text}\n\u2014 {name} {base64.b64encode(blob).decode()}\n"
+        return forged, name, bytes(other.verify_key)
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "size-changed",
+        "time-changed",
+        "origin-changed",
+        "signature-byte-flipped",
+        "other-key",
+        "other-key-name",
+        "no-empty-line",
+        "no-time-line",
+    ],
+)
+def test_both_reject_checkpoint_note_when_tampered(case: str) -> None:
+    """A changed body, a bad or foreign signature, or a malformed note verifies in neither."""
+    from service.domain.checkpoint import CheckpointError, verify_checkpoint
+
+    note, name, public_key = _tampered_note(case)
+    with pytest.raises(NoteError):
+        verify_checkpoint_note(note, name, public_key)
+    with pytest.raises(CheckpointError):
+        verify_checkpoint(note, name, public_key)
+
+
+def _ledger_note(body: str) -> str:
+    """A note over `body`, signed with the vector ledger key (its seed is public)."""
+    seed = bytes.fromhex(CHECKPOINT_VECTOR["ledger_key"]["seed_hex"])
+    signature = nacl.signing.SigningKey(seed).sign(body.encode()).signature
+    blob = note_key_id(LEDGER_NAME, LEDGER_PUBLIC_KEY) + signature
+    return f"{body}\n\u2014 {LEDGER_NAME} {base64.b64encode(blob).decode()}\n"
+
+
+def _export_vector(name: str) -> bytes:
+    return (VECTOR_DIR / name).read_bytes()
+
+
+@pytest.mark.parametrize("name", EXPORT_FILES)
+def test_independent_verifier_accepts_export_vector_when_untouched(name: str) -> None:
+    """Section 14 from the spec alone accepts the export files, also with both trust anchors."""
+    data = _export_vector(name)
+    assert verify_export_file(data) is None
+    pinned = verify_export_file(
+        data, trusted_checkpoints=[CHECKPOINT_VECTOR["note"]], ledger_root=LEDGER_PUBLIC_KEY
+    )
+    assert pinned is None
+    facts = next(f for f in EXPORT_META["files"] if f["file"] == name)
+    lines = data.split(b"\n")[:-1]
+    assert blake3.blake3(data[: len(data) - len(lines[-1]) - 1]).hexdigest() == facts["digest_hex"]
+    digest = bytes.fromhex(facts["digest_hex"])
+    assert (EXPORT_SIGNATURE_PREFIX + digest).hex() == facts["signed_message_hex"]
+    assert [json.loads(line)["type"] for line in lines] == facts["types"]
+
+
+@pytest.mark.parametrize("name", EXPORT_FILES)
+def test_service_verifier_accepts_export_vector_when_untouched(name: str) -> None:
+    """service.app.offline_verify.verify_export accepts the same files, and the kept checkpoint."""
+    from service.app.offline_verify import verify_export
+
+    report = verify_export(VECTOR_DIR / name, trusted_checkpoints=[CHECKPOINT_VECTOR["note"]])
+    assert report.finding is None
+    facts = next(f for f in EXPORT_META["files"] if f["file"] == name)
+    assert report.entries == facts["to_seq"] - facts["from_seq"] + 1
+
+
+def _lines(name: str) -> list[bytes]:
+    return _export_vector(name).split(b"\n")[:-1]
+
+
+def _join(lines: list[bytes]) -> bytes:
+    return b"".join(line + b"\n" for line in lines)
+
+
+def _edit(line: bytes, **members: Any) -> bytes:
+    doc = json.loads(line)
+    doc.update(members)
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _index(lines: list[bytes], kind: str, seq: int | None = None) -> int:
+    for i, line in enumerate(lines):
+        doc = json.loads(line)
+        if doc["type"] == kind and (seq is None or (doc["chain"], doc["seq"]) == ("acme", seq)):
+            return i
+    raise AssertionError(f"no {kind} line {seq}")
+
+
+def _tampered_export(case: str) -> bytes:
+    """One export vector, changed one way."""
+    whole, part = _lines("export-v1.jsonl"), _lines("export-v1-partial.jsonl")
+    if case == "changed-event-byte":
+        i = _index(whole, "entry", 2)
+        whole[i] = whole[i].replace(b"zoe-bot", b"zoe-boT", 1)
+    elif case == "dropped-entry-line":
+        del whole[_index(whole, "entry", 2)]
+    elif case == "dropped-checkpoint-line":
+        del whole[_index(whole, "checkpoint")]
+    elif case == "truncated-last-line":
+        return _join(whole)[:-1]
+    elif case == "truncated-mid-entry":
+        data = _join(whole)
+        return data[: data.index(whole[_index(whole, "entry", 3)]) + 100]
+    elif case == "bad-trailer-signature":
+        end = json.loads(whole[-1])
+        signature = bytearray(b64url_decode(end["signature"]))
+        signature[0] ^= 1
+        whole[-1] = _edit(whole[-1], signature=base64.urlsafe_b64encode(signature).decode()[:86])
+    elif case == "changed-export-time":
+        whole[0] = whole[0].replace(b"09:32:00Z", b"09:32:01Z")
+    elif case == "line-after-trailer":
+        whole.append(whole[-2])
+    elif case == "forged-checkpoint":
+        i = _index(whole, "checkpoint")
+        whole[i] = _edit(whole[i], note=json.loads(whole[i])["note"].replace("+1zU=", "+1zV="))
+    elif case == "other-ledger-name":
+        whole[0] = _edit(whole[0], ledger_name="ledger.other")
+    elif case == "checkpoint-of-other-chain":
+        i = _index(whole, "checkpoint")
+        body = CHECKPOINT_VECTOR["body"].replace("/acme\n", "/beta\n")
+        whole[i] = _edit(whole[i], note=_ledger_note(body))
+    elif case == "checkpoint-beyond-chain-size":
+        body = CHECKPOINT_VECTOR["body"].replace("\n3\n", "\n4\n")
+        whole.insert(_index(whole, "checkpoint") + 1, _edit(whole[3], note=_ledger_note(body)))
+    elif case == "chain-size-below-checkpoint":
+        part[0] = _edit(part[0], chain_size=2)
+        return _join(part)
+    elif case == "revoked-publisher-key":
+        i = _index(part, "publisher_key")
+        part[i] = _edit(part[i], active=False)
+        return _join(part)
+    elif case == "changed-prev-hash":
+        i = _index(part, "prev")
+        part[i] = _edit(part[i], entry_hash="11" * 32)
+        return _join(part)
+    else:
+        raise AssertionError(case)
+    return _join(whole)
+
+
+# (case, the seq both name, the independent verifier's reason, the service's problem)
+EXPORT_TAMPERING = [
+    ("changed-event-byte", 2, "entry_hash does not match", "entry hash does not match"),
+    ("dropped-entry-line", 3, "expected seq 2", "sequence gap"),
+    ("dropped-checkpoint-line", 3, "no signed checkpoint at", "no signed checkpoint covers"),
+    ("truncated-last-line", None, "cut off", "cut off"),
+    ("truncated-mid-entry", 3, "cut off", "cut off"),
+    ("bad-trailer-signature", None, "signature does not verify", "signature does not verify"),
+    ("changed-export-time", None, "digest does not match", "digest does not match"),
+    ("line-after-trailer", None, "follows the trailer", "follows the trailer"),
+    ("forged-checkpoint", 3, "checkpoint signature does not", "checkpoint signature does not"),
+    ("other-ledger-name", None, "digest does not match", "digest does not match"),
+    ("checkpoint-of-other-chain", 3, "checkpoint of another log", "checkpoint of another log"),
+    ("checkpoint-beyond-chain-size", 4, "covers 4 entries", "covers 4 entries"),
+    ("chain-size-below-checkpoint", 3, "covers 3 entries", "covers 3 entries"),
+    ("revoked-publisher-key", 2, "not registered and active", "signing key not authorised"),
+    ("changed-prev-hash", 2, "prev_hash does not equal", "prev_hash does not link"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "seq", "reason", "problem"), EXPORT_TAMPERING, ids=[c[0] for c in EXPORT_TAMPERING]
+)
+def test_both_verifiers_reject_export_vector_when_tampered(
+    case: str, seq: int | None, reason: str, problem: str
+) -> None:
+    """Each change to an export file fails both verifiers, at the same seq and line."""
+    from service.app.offline_verify import verify_export
+
+    data = _tampered_export(case)
+    mine = verify_export_file(data)
+    theirs = verify_export(io.BytesIO(data))
+    assert mine is not None
+    assert reason in mine.reason
+    assert theirs.finding is not None
+    assert problem in theirs.finding.problem
+    assert (mine.seq, mine.line) == (seq, theirs.line)
+    assert theirs.finding.seq == seq
+
+
+def test_independent_verifier_rejects_export_when_trust_anchors_disagree() -> None:
+    """A kept checkpoint or a pinned ledger key that the file's ledger keys do not match fails."""
+    other = _other_key()
+    data = _export_vector("export-v1.jsonl")
+    pinned = verify_export_file(data, ledger_root=bytes(other.verify_key))
+    assert pinned is not None
+    assert "not rooted in the pinned key" in pinned.reason
+    # A checkpoint at size 3 that names another head: the export contradicts what was kept.
+    kept = _ledger_note(CHECKPOINT_VECTOR["body"].replace("Koyh", "Loyh", 1))
+    broken = verify_export_file(data, trusted_checkpoints=[kept])
+    assert broken is not None
+    assert "disagree at size 3" in broken.reason
+
+
 # --- (c) API-shaped entries built by the service, checked by the verifier ----------
 #
 # The database-backed check: a real chain, produced by NATS → ingest → PostgreSQL and
@@ -392,6 +1194,62 @@ async def test_real_chain_verifies_independently_when_read_page_by_page_from_the
     broken = verify_api_entries("acme", tampered)
     assert broken is not None
     assert broken.seq == 10
+
+
+async def test_real_export_verifies_independently_when_fetched_from_the_running_service(
+    service: Any, org_key: Any, publisher: Any
+) -> None:
+    """Exports of a 30-entry chain built through NATS pass the verifier written from the spec."""
+    from conftest import key_registered, key_revoked, performed, registered, wait_for_chain
+
+    from service.app.offline_verify import verify_export
+    from service.domain.signing import SigningKey
+
+    first = await org_key("acme")  # seq 1: the operator's self-signed registration
+    second = SigningKey.generate("acme")
+    by_first, by_second = await publisher(first), await publisher(second)
+    await by_first.publish(registered("acme", "bot"))  # seq 2
+    await by_first.publish(key_registered("acme", second, t=1))  # seq 3
+    for i in range(12):  # seqs 4-15
+        await by_second.publish(performed("acme", "bot", "x.read", f"r/{i}", t=10 + i))
+    await by_second.publish(key_revoked("acme", first, t=30))  # seq 16
+    for i in range(14):  # seqs 17-30
+        await by_second.publish(performed("acme", "bot", "x.write", f"w/{i}", t=40 + i))
+    await wait_for_chain(service.store, "acme", 30)
+
+    response = await service.http.get("/v1/chains/acme/export")
+    assert response.status_code == 200
+    data = response.content
+    # The auditor's trust anchors: the ledger's first key and a checkpoint kept from the API.
+    keys = (await service.http.get("/v1/ledger/keys")).json()["keys"]
+    root = b64url_decode(next(k for k in keys if k["registered_seq"] == 1)["public_key"])
+    kept = (await service.http.get("/v1/chains/acme/checkpoint")).text
+    assert parse_checkpoint_body(split_note(kept)[0]).size == 30
+
+    assert verify_export_file(data) is None
+    assert verify_export_file(data, trusted_checkpoints=[kept], ledger_root=root) is None
+    assert verify_export(io.BytesIO(data), trusted_checkpoints=[kept]).finding is None
+    lines = [json.loads(line) for line in data.split(b"\n")[:-1]]
+    assert sum(line["type"] == "entry" and line["chain"] == "acme" for line in lines) == 30
+
+    # A range after the revocation: the key state before it travels as publisher_key lines.
+    response = await service.http.get("/v1/chains/acme/export?from_seq=20&to_seq=25")
+    partial = response.content
+    assert verify_export_file(partial, trusted_checkpoints=[kept], ledger_root=root) is None
+    key_lines = [json.loads(line) for line in partial.split(b"\n") if b'"publisher_key"' in line]
+    assert {k["key_id"]: k["active"] for k in key_lines} == {
+        first.key_id: False,
+        second.key_id: True,
+    }
+
+    # One changed byte in entry 10's event is named by both verifiers.
+    tampered = data.replace(b"r/6", b"r/7", 1)
+    broken = verify_export_file(tampered)
+    assert broken is not None
+    assert (broken.seq, broken.reason) == (10, "entry_hash does not match the recomputed hash")
+    theirs = verify_export(io.BytesIO(tampered)).finding
+    assert theirs is not None
+    assert theirs.seq == 10
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ from typing import Annotated
 from litestar import Controller, MediaType, Response, get, post
 from litestar.datastructures import State
 from litestar.exceptions import (
-    HTTPException,
     ServiceUnavailableException,
     ValidationException,
 )
@@ -43,7 +42,7 @@ from service.domain.events import SLUG_PATTERN, load_json_strict
 from service.domain.export_format import MEDIA_TYPE as EXPORT_MEDIA_TYPE
 from service.domain.posture import band_of
 from service.domain.signing import b64url, from_b64url
-from service.errors import ConfigError, NotFoundError
+from service.errors import ConfigError, IntegrityError, NotFoundError
 
 SlugParam = Annotated[str, Parameter(pattern=SLUG_PATTERN)]
 Limit = Annotated[int, Parameter(ge=1, le=1000)]
@@ -262,9 +261,7 @@ class LedgerController(Controller):
         store = _store(state)
         keys = await verify_ledger_keys(store, verify_sequentially)
         if isinstance(keys, Finding):
-            raise HTTPException(
-                status_code=500, detail=f"the ledger's key chain does not verify: {keys}"
-            )
+            raise IntegrityError(f"the ledger's key chain does not verify: {keys}")
         # The chain verified, so each key's first registration entry is well-formed.
         registrations: dict[str, tuple[int, bytes]] = {}
         async for entry in store.iter_entries(LEDGER_CHAIN):
@@ -329,8 +326,10 @@ class LedgerController(Controller):
     ) -> list[CheckpointView]:
         store = _store(state)
         await _require_chain(store, org)
-        found = await store.checkpoints(org, 0 if after_size is None else after_size + 1)
-        return [_checkpoint_view(c) for c in found[:limit]]
+        found = await store.checkpoints(
+            org, 0 if after_size is None else after_size + 1, limit=limit
+        )
+        return [_checkpoint_view(c) for c in found]
 
     # Anyone may ask for a checkpoint now; when authentication lands this will
     # require the operator role (it makes the ledger sign).

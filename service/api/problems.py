@@ -66,9 +66,13 @@ def _http_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Pro
             exc.detail,
             [dict(e) for e in extra if isinstance(e, dict)],
         )
-    kind = {404: "not-found", 405: "method-not-allowed", 401: "unauthorized", 403: "forbidden"}.get(
-        exc.status_code, "http-error"
-    )
+    kind = {
+        404: "not-found",
+        405: "method-not-allowed",
+        401: "unauthorized",
+        403: "forbidden",
+        503: "unavailable",
+    }.get(exc.status_code, "http-error")
     return _problem(kind, exc.detail or "HTTP error", exc.status_code, exc.detail)
 
 

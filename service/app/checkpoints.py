@@ -11,8 +11,9 @@ import logging
 
 from service.adapters.postgres import LedgerStore, StoredCheckpoint
 from service.app.ingest import Clock, utc_now
-from service.app.ledger_key import LedgerSigner
+from service.app.ledger_key import LedgerSigner, ledger_keys
 from service.app.verify import audit_entry
+from service.domain.audit import LEDGER_CHAIN
 from service.domain.chain import ChainWalker, EntryFields
 from service.domain.checkpoint import Checkpoint, origin_for, sign_checkpoint
 from service.errors import ConfigError, IntegrityError, NotFoundError
@@ -51,6 +52,10 @@ async def checkpoint_at_size(
     existing = await store.checkpoint_at(chain, size)
     if existing is not None:
         return existing
+    # Never sign with a key the ledger's own key chain does not vouch for.
+    keys = await ledger_keys(store)
+    if signer.key.key_id not in keys.active:
+        raise IntegrityError(f"the signing key {signer.key.key_id} is not active in {LEDGER_CHAIN}")
     previous = await store.latest_checkpoint(chain, at_most=size)
     walker = ChainWalker(chain)
     if previous is not None:

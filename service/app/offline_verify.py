@@ -117,14 +117,21 @@ def verify_export(
     progress: Progress | None = None,
     trusted_checkpoints: Iterable[str] = (),
     threads: int = 2,
+    pinned_ledger_keys: Iterable[bytes] = (),
 ) -> Report:
-    """Verify an export file (a path, or a binary stream read line by line)."""
+    """Verify an export file (a path, or a binary stream read line by line).
+
+    `pinned_ledger_keys` are ledger public keys the auditor obtained on their
+    own (e.g. from GET /v1/ledger/keys on an earlier day): the file's `_ledger`
+    chain must begin with the registration of one of them, so a file that
+    brings a ledger of its own is refused."""
     started = time.monotonic()
     with ThreadPoolExecutor(max(1, threads)) as pool:
         verifier = _ExportVerifier(
             parallel_verifier(pool if threads > 1 else None, max(1, threads)),
             progress,
             list(trusted_checkpoints),
+            list(pinned_ledger_keys),
         )
         finding: Finding | None = None
         line: int | None = None
@@ -150,8 +157,15 @@ def verify_export(
 class _ExportVerifier:
     """One pass over one file; stops (raises `_Failed`) at the first finding."""
 
-    def __init__(self, verify_many: VerifyMany, progress: Progress | None, trusted: list[str]):
+    def __init__(
+        self,
+        verify_many: VerifyMany,
+        progress: Progress | None,
+        trusted: list[str],
+        pinned: list[bytes],
+    ):
         self.verify_many = verify_many
+        self.pinned = pinned
         self.progress = progress
         self.trusted = trusted
         self.hasher = blake3.blake3()
@@ -321,6 +335,13 @@ class _ExportVerifier:
         if finding is not None:
             raise _Failed(finding, self.line)
         self.ledger_keys = self.ledger.keys
+        if self.pinned and self.ledger.first_key not in self.pinned:
+            found = self.ledger.first_key.hex() if self.ledger.first_key else "none"
+            raise _Failed(
+                Finding(LEDGER_CHAIN, 1, "the ledger's first key is not the pinned ledger key",
+                        " or ".join(k.hex() for k in self.pinned), found),
+                self.line,
+            )  # fmt: skip
         if not self.ledger_keys.active:
             raise _Failed(
                 Finding(LEDGER_CHAIN, None, "no ledger key is registered", "a key registration",
@@ -384,8 +405,10 @@ class _ExportVerifier:
                        f"a signature by a key registered in {LEDGER_CHAIN}", checkpoint)  # fmt: skip
         self.signatures += 1
         size = checkpoint.size
-        origin = origin_for(h.ledger_name, self.chain)
-        if checkpoint.origin != origin:
+        # Any name a ledger key was registered under (a rotation may rename the ledger).
+        origins = {origin_for(name, self.chain) for name in self.ledger_keys.labels.values()}
+        if checkpoint.origin not in origins:
+            origin = origin_for(h.ledger_name, self.chain)
             self._fail(f"{what} of another log", size, origin, checkpoint.origin)
         if size > h.chain_size:
             self._fail(

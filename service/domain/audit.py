@@ -148,6 +148,8 @@ class ChainAuditor:
         self.last_hash = after_hash
         self.keys = keys if keys is not None else KeyState()
         self.checkpoints: dict[int, Checkpoint] = {}
+        self.first_key: bytes | None = None
+        """The public key registered by the chain's first entry (its root of trust)."""
         self.event_ids: set[str] = set()
         self._first_seq = after_seq + 1
 
@@ -277,6 +279,8 @@ class ChainAuditor:
         if kind == "publisher_key.registered" and key_id not in self.keys.registered:
             public_key = _registered_key(event)
             if isinstance(public_key, bytes):
+                if self.last_seq == 0 and self.first_key is None:
+                    self.first_key = public_key
                 self.keys.registered.add(key_id)
                 self.keys.active[key_id] = public_key
                 self.keys.public_keys[key_id] = public_key

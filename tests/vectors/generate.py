@@ -55,6 +55,8 @@ from service.domain.signing import (  # noqa: E402
 )
 
 OUT = Path(__file__).resolve().parent / "chain-v1.json"
+SECTION = 15
+"""The section of docs/ledger-format.md that holds the test vectors."""
 SEED_LABEL = "trustledger/test-vectors/v1/ed25519-seed"
 CHAIN = "acme"
 
@@ -233,7 +235,7 @@ def markdown() -> str:
     assert isinstance(times, list)
     for t in times:
         out.append(f"| `{t['received_at']}` | {t['received_at_us']} | `{t['i64be_hex']}` |")
-    out += ["", "### 13.1 The key", ""]
+    out += ["", f"### {SECTION}.1 The key", ""]
     out.append(f"Seed label (UTF-8): `{key['seed_label']}`  ")
     out.append("Seed = BLAKE3(label), 32 bytes:")
     out += ["", "```", key["seed_hex"], "```", ""]
@@ -248,7 +250,7 @@ def markdown() -> str:
     assert isinstance(entries, list)
     for entry in entries:
         segs = segments(bytes.fromhex(entry["prev_hash_hex"]), _fields_of(entry))
-        out += ["", f"### 13.{entry['seq'] + 1} Entry {entry['seq']}", ""]
+        out += ["", f"### {SECTION}.{entry['seq'] + 1} Entry {entry['seq']}", ""]
         out.append(
             f"chain `{entry['chain']}`, seq {entry['seq']}, received_at "
             f"`{entry['received_at']}` = {entry['received_at_us']} µs, key id `{entry['key_id']}`."
