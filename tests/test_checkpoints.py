@@ -40,7 +40,7 @@ from conftest import (
 from service import cli, roles
 from service.adapters.keyfile import load_key, save_key
 from service.adapters.postgres import ENTRY_COLUMNS, EntryRow, LedgerStore
-from service.app.checkpoints import make_due_checkpoints
+from service.app.checkpoints import make_checkpoint, make_due_checkpoints
 from service.app.verify import IncrementalVerifier, verify_all, verify_ledger_keys
 from service.config import Settings
 from service.domain.audit import (
@@ -1463,3 +1463,40 @@ async def test_readiness_fails_with_the_finding_when_the_scheduler_finds_a_tampe
         await http.aclose()
         stop.set()
         await asyncio.wait_for(task, 20)
+
+
+@pytest.mark.parametrize(
+    ("tampered", "quick_finds_it"),
+    [
+        pytest.param("after", True, id="entry-after-the-checkpoint"),
+        pytest.param("before", False, id="entry-under-the-checkpoint"),
+    ],
+)
+async def test_from_checkpoint_checks_only_what_follows_when_asked_for_a_quick_walk(
+    service: RunningService,
+    org_key: OrgKeyFactory,
+    publisher: PublisherFactory,
+    tampered: str,
+    quick_finds_it: bool,
+) -> None:
+    """--from-checkpoint walks only entries after the latest checkpoint; the full walk finds the rest."""
+    store = service.store
+    traffic = await _publish_traffic(store, org_key, publisher, {"acme": 4})
+    signer = await load_ledger_signer(store, service.settings)
+    checkpointed = (await make_checkpoint(store, signer, "acme")).size
+    size = await _publish_more(store, traffic.keys["acme"], publisher, "acme", 3)
+    walked: list[int] = []
+    assert await verify_all(store, only="acme", progress=walked.append, from_checkpoint=True) == []
+    assert sum(walked) == size - checkpointed
+
+    victim = checkpointed + 2 if tampered == "after" else 3
+    async with _behind_triggers(service.settings.database_url) as conn:
+        await conn.execute(
+            "UPDATE ledger_entries SET event_bytes = set_byte(event_bytes, 30,"
+            " get_byte(event_bytes, 30) # 1) WHERE chain = 'acme' AND seq = $1",
+            victim,
+        )
+    quick = await verify_all(store, only="acme", from_checkpoint=True)
+    full = await verify_all(store, only="acme")
+    assert [(f.chain, f.seq) for f in full] == [("acme", victim)]
+    assert [(f.chain, f.seq) for f in quick] == ([("acme", victim)] if quick_finds_it else [])

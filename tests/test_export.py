@@ -1061,3 +1061,40 @@ def test_ledger_key_option_reads_both_forms_when_copied_from_the_keys_endpoint(f
         else b64url(key.public_key)
     )
     assert parse_ledger_key(text) == key.public_key
+
+
+async def test_pinned_ledger_key_refuses_when_a_later_ledger_key_registered_itself(
+    service: RunningService, org_key: OrgKeyFactory, publisher: PublisherFactory
+) -> None:
+    """With a pin, a self-signed `_ledger` registration after entry 1 is refused; unpinned, it passes."""
+    from service.app.ingest import chain_entry
+    from service.domain.admission import Admitted, Incoming
+    from service.domain.audit import LEDGER_CHAIN
+    from service.domain.events import PublisherKeyRegistered
+
+    ledger = await _ledger(service, org_key, publisher)
+    # Whoever writes the database adds a ledger key of their own, self-signed.
+    rogue = SigningKey.generate(LEDGER_CHAIN)
+    event = PublisherKeyRegistered(
+        id="rogue", org=LEDGER_CHAIN, occurred_at=datetime.now(UTC), key_id=rogue.key_id,
+        public_key=b64url(rogue.public_key), label=ledger.signer.name,
+    )  # fmt: skip
+    data = encode_event(event)
+    signature = rogue.sign(data)
+    message = Incoming(LEDGER_CHAIN, data, rogue.key_id, b64url(signature), 0)
+    async with ledger.store.transaction() as tx:
+        head = (await tx.lock_chains([LEDGER_CHAIN]))[LEDGER_CHAIN]
+        entry = chain_entry(
+            head, Admitted(message, event, rogue.key_id, signature), datetime.now(UTC)
+        )
+        await tx.append_entries([entry])
+        await tx.save_heads([head])
+
+    data = await _export(ledger)
+    assert _finding(verify_export(io.BytesIO(data))) is None
+    pinned = verify_export(io.BytesIO(data), pinned_ledger_keys=[ledger.signer.key.public_key])
+    assert _finding(pinned) == (
+        LEDGER_CHAIN,
+        entry.seq,
+        "a ledger key registered itself instead of being endorsed",
+    )

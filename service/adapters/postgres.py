@@ -634,6 +634,17 @@ class LedgerStore:
         )
         return head, int(r["last_seq"])
 
+    async def key_event_bytes(self, chain: str, up_to_seq: int) -> list[bytes]:
+        """The bytes of the chain's key registrations and revocations up to a seq, in order."""
+        async with translate_errors("reading key events"):
+            rows = await self._pool.fetch(
+                "SELECT event_bytes FROM ledger_entries WHERE chain = $1 AND seq <= $2"
+                " AND kind IN ('publisher_key.registered', 'publisher_key.revoked') ORDER BY seq",
+                chain,
+                up_to_seq,
+            )
+        return [bytes(r["event_bytes"]) for r in rows]
+
     async def entry_hash_at(self, chain: str, seq: int) -> bytes | None:
         async with translate_errors("reading an entry hash"):
             value = await self._pool.fetchval(

@@ -342,6 +342,14 @@ class _ExportVerifier:
                         " or ".join(k.hex() for k in self.pinned), found),
                 self.line,
             )  # fmt: skip
+        if self.pinned and self.ledger.later_self_signed is not None:
+            raise _Failed(
+                Finding(LEDGER_CHAIN, self.ledger.later_self_signed,
+                        "a ledger key registered itself instead of being endorsed",
+                        "a registration signed by a registered ledger key",
+                        "a self-signed registration"),
+                self.line,
+            )  # fmt: skip
         if not self.ledger_keys.active:
             raise _Failed(
                 Finding(LEDGER_CHAIN, None, "no ledger key is registered", "a key registration",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -98,6 +98,34 @@ class KeyState:
     public_keys: dict[str, bytes] = field(default_factory=dict)
     """Every registered key's public key, revoked ones included (for exports)."""
 
+    def apply(self, event: dict[str, object]) -> bytes | None:
+        """Apply a key event's effect (§5.3); returns the public key it registered, if any."""
+        kind, key_id = event.get("kind"), event.get("key_id")
+        if not isinstance(key_id, str):
+            return None
+        if kind == "publisher_key.registered" and key_id not in self.registered:
+            public_key = _registered_key(event)
+            if isinstance(public_key, bytes):
+                self.registered.add(key_id)
+                self.active[key_id] = public_key
+                self.public_keys[key_id] = public_key
+                label = event.get("label")
+                self.labels[key_id] = label if isinstance(label, str) else ""
+                return public_key
+        elif kind == "publisher_key.revoked":
+            self.active.pop(key_id, None)
+        return None
+
+    @classmethod
+    def replay(cls, events: Iterable[bytes]) -> KeyState:
+        """The key state after these key events (of an already verified prefix), in order."""
+        state = cls()
+        for data in events:
+            event = _event_object(data)
+            if isinstance(event, dict):
+                state.apply(event)
+        return state
+
 
 def checkpoint_with_ledger_keys(
     note: str, keys: KeyState, chain: str | None = None
@@ -150,6 +178,9 @@ class ChainAuditor:
         self.checkpoints: dict[int, Checkpoint] = {}
         self.first_key: bytes | None = None
         """The public key registered by the chain's first entry (its root of trust)."""
+        self.later_self_signed: int | None = None
+        """The first seq after 1 holding a self-signed registration (the operator's
+        authority in an org chain; never written by the ledger to `_ledger`)."""
         self.event_ids: set[str] = set()
         self._first_seq = after_seq + 1
 
@@ -259,6 +290,8 @@ class ChainAuditor:
             public_key = _registered_key(event)
             if isinstance(public_key, str):
                 return Finding(self.chain, e.seq, "invalid key registration", "", public_key)
+            if e.seq > 1 and self.later_self_signed is None:
+                self.later_self_signed = e.seq
             return public_key
         active = self.keys.active.get(e.key_id)
         if active is None:
@@ -273,21 +306,9 @@ class ChainAuditor:
         return active
 
     def _apply_keys(self, event: dict[str, object]) -> None:
-        kind, key_id = event.get("kind"), event.get("key_id")
-        if not isinstance(key_id, str):
-            return
-        if kind == "publisher_key.registered" and key_id not in self.keys.registered:
-            public_key = _registered_key(event)
-            if isinstance(public_key, bytes):
-                if self.last_seq == 0 and self.first_key is None:
-                    self.first_key = public_key
-                self.keys.registered.add(key_id)
-                self.keys.active[key_id] = public_key
-                self.keys.public_keys[key_id] = public_key
-                label = event.get("label")
-                self.keys.labels[key_id] = label if isinstance(label, str) else ""
-        elif kind == "publisher_key.revoked":
-            self.keys.active.pop(key_id, None)
+        registered = self.keys.apply(event)
+        if registered is not None and self.last_seq == 0 and self.first_key is None:
+            self.first_key = registered
 
     def _compare(self, checkpoint: Checkpoint, head: bytes) -> Finding | None:
         if checkpoint.head_hash != head:
