@@ -478,7 +478,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trustledger", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="trustledger",
+        description="Behavioral trust ledger for AI agents: signed events in, hash-chained "
+        "log, posture out. `trustledger up` runs everything on one machine.",
+        epilog="Exit codes: 0 ok, 1 a check failed, 2 usage or configuration, "
+        "3 a server unreachable or would not start. Docs: docs/operations.md.",
+    )
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
 
