@@ -151,7 +151,15 @@ async def translate_errors(action: str) -> AsyncIterator[None]:
     """Turn driver and connection errors into `StorageError` naming what failed."""
     try:
         yield
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
+    # InternalClientError is not an InterfaceError in asyncpg: a connection
+    # killed mid-operation can surface as one ("cannot switch to state ...").
+    except (
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        asyncpg.InternalClientError,
+        OSError,
+        TimeoutError,
+    ) as e:
         raise StorageError(f"{action}: {e}") from e
 
 
