@@ -18,6 +18,7 @@ and passes it down.
 | TRUSTLEDGER_LEDGER_NAME           | trustledger.local               |
 | TRUSTLEDGER_LEDGER_KEY_FILE       | <data dir>/ledger-key.json      |
 | TRUSTLEDGER_CHECKPOINT_INTERVAL_S | 60                              |
+| TRUSTLEDGER_VERIFY_INTERVAL_S     | 30                              |
 | TRUSTLEDGER_LOG_LEVEL             | INFO                            |
 | TRUSTLEDGER_LOG_FORMAT            | text (or json)                  |
 """
@@ -60,6 +61,8 @@ class Settings:
     ledger_key_file: Path | None = None
     """The ledger's Ed25519 signing key; `<data dir>/ledger-key.json` when unset."""
     checkpoint_interval_s: int = 60
+    verify_interval_s: int = 30
+    """How often the scheduler verifies what was appended since its last run."""
     log_level: str = "INFO"
     log_format: str = "text"
 
@@ -159,6 +162,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
         checkpoint_interval_s=_int(
             env, "TRUSTLEDGER_CHECKPOINT_INTERVAL_S", defaults.checkpoint_interval_s
         ),
+        verify_interval_s=_int(env, "TRUSTLEDGER_VERIFY_INTERVAL_S", defaults.verify_interval_s),
         log_level=parse_log_level(env.get("TRUSTLEDGER_LOG_LEVEL") or defaults.log_level),
         log_format=env.get("TRUSTLEDGER_LOG_FORMAT") or defaults.log_format,
     )

@@ -39,7 +39,6 @@ from service.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-VERIFY_INTERVAL_S = 30
 RUNTIME_FILE = "runtime.json"
 
 
@@ -208,7 +207,7 @@ def _scheduler(
 
     for job, seconds, name in (
         (checkpoint_moved_chains, settings.checkpoint_interval_s, "checkpoints"),
-        (verify_new_entries, VERIFY_INTERVAL_S, "verify-chains"),
+        (verify_new_entries, settings.verify_interval_s, "verify-chains"),
     ):
         scheduler.add_job(
             job, "interval", seconds=seconds, id=name, max_instances=1, coalesce=True,

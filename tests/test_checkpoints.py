@@ -37,7 +37,7 @@ from conftest import (
     wait_until,
 )
 
-from service import cli, roles
+from service import cli
 from service.adapters.keyfile import load_key, save_key
 from service.adapters.postgres import ENTRY_COLUMNS, EntryRow, LedgerStore
 from service.app.checkpoints import make_checkpoint, make_due_checkpoints
@@ -1389,14 +1389,12 @@ async def test_readiness_fails_with_the_finding_when_the_scheduler_finds_a_tampe
     store: LedgerStore,
     org_key: OrgKeyFactory,
     publisher: PublisherFactory,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """With the scheduler role, GET /readyz turns 503 and names the forged entry under `ledger`."""
-    monkeypatch.setattr(roles, "VERIFY_INTERVAL_S", 1)  # every 30 s in production
     stop = asyncio.Event()
     task = asyncio.create_task(
         run_roles(
-            dc_replace(settings, checkpoint_interval_s=1),
+            dc_replace(settings, checkpoint_interval_s=1, verify_interval_s=1),
             Roles(api=True, ingest=True, scheduler=True),
             stop,
         )

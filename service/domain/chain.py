@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import blake3
 
@@ -84,8 +84,6 @@ def to_micros(at: datetime) -> int:
 
 def from_micros(us: int) -> datetime:
     """The UTC datetime for microseconds since the Unix epoch."""
-    from datetime import timedelta
-
     return _EPOCH + timedelta(microseconds=us)
 
 

@@ -72,10 +72,11 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from itertools import pairwise
 from typing import Final, Literal
 
+from service.domain.chain import from_micros, to_micros
 from service.domain.events import ActionObserved, ActionPerformed, CommitmentTerms, Money
 from service.domain.patterns import matches_any
 
@@ -125,22 +126,10 @@ SCOPE_KINDS: Final[frozenset[ViolationKind]] = frozenset(
 )
 """Violations that put an action outside a commitment's scope (it is then not charged)."""
 
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_US: Final = timedelta(microseconds=1)
 _US_PER_S: Final = 1_000_000
 
 Ref = tuple[str, int]
 """(chain, seq) of a ledger entry."""
-
-
-def to_micros(at: datetime) -> int:
-    """Integer microseconds since the Unix epoch of an aware datetime (exact, no floats)."""
-    return (at - _EPOCH) // _ONE_US
-
-
-def from_micros(us: int) -> datetime:
-    """The UTC datetime `us` microseconds after the Unix epoch (inverse of `to_micros`)."""
-    return _EPOCH + timedelta(microseconds=us)
 
 
 # --------------------------------------------------------------------------- history
