@@ -63,6 +63,9 @@ class Settings:
     checkpoint_interval_s: int = 60
     verify_interval_s: int = 30
     """How often the scheduler verifies what was appended since its last run."""
+    posture_interval_s: int = 5
+    """How often the scheduler re-assesses agents whose evidence changed or whose
+    posture was due to change (windows roll, commitments expire, evidence decays)."""
     log_level: str = "INFO"
     log_format: str = "text"
 
@@ -163,6 +166,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
             env, "TRUSTLEDGER_CHECKPOINT_INTERVAL_S", defaults.checkpoint_interval_s
         ),
         verify_interval_s=_int(env, "TRUSTLEDGER_VERIFY_INTERVAL_S", defaults.verify_interval_s),
+        posture_interval_s=_int(env, "TRUSTLEDGER_POSTURE_INTERVAL_S", defaults.posture_interval_s),
         log_level=parse_log_level(env.get("TRUSTLEDGER_LOG_LEVEL") or defaults.log_level),
         log_format=env.get("TRUSTLEDGER_LOG_FORMAT") or defaults.log_format,
     )

@@ -53,6 +53,12 @@ CHAIN_BROKEN = Gauge(
     registry=REGISTRY,
 )
 
+POSTURES_ASSESSED = Counter(
+    "trustledger_postures_assessed_total",
+    "Agents re-assessed by the scheduler (evidence changed, or a posture change fell due).",
+    registry=REGISTRY,
+)
+
 
 def render() -> bytes:
     """The Prometheus text exposition of every metric."""

@@ -32,6 +32,8 @@ from service.api.app import HealthCheck, create_app
 from service.app.checkpoints import make_due_checkpoints
 from service.app.consumer import IngestWorker
 from service.app.ledger_key import LedgerSigner, ensure_registered, ledger_keys
+from service.app.posture import reassess_due
+from service.app.rebuild import rebuild_projections
 from service.app.verify import IncrementalVerifier
 from service.config import Settings
 from service.domain.audit import LEDGER_CHAIN
@@ -97,6 +99,7 @@ async def run_roles(settings: Settings, roles: Roles, stop: asyncio.Event) -> No
         checks: dict[str, HealthCheck] = {"postgres": store.ping, "nats": nats_ready}
 
         if roles.ingest:
+            await _catch_up_projections(store)
             position = await _start_position(store, settings, stream_created)
             consumer = await broker.EventConsumer.bind(js, settings, position.stream_seq)
             worker = IngestWorker(
@@ -168,6 +171,19 @@ async def run_roles(settings: Settings, roles: Roles, stop: asyncio.Event) -> No
         log.info("stopped")
 
 
+async def _catch_up_projections(store: LedgerStore) -> None:
+    """Rebuild the projections when they lag the log (a migration emptied them, or
+    they were restored from an older backup): ingest only ever applies new entries."""
+    behind = await store.projections_behind()
+    if behind:
+        log.warning(
+            "projections are behind the log on %d chain(s) (%s); rebuilding them",
+            len(behind), ", ".join(behind[:5]),
+        )  # fmt: skip
+        replayed = await rebuild_projections(store)
+        log.info("projections rebuilt from %d entries", replayed)
+
+
 async def _start_position(
     store: LedgerStore, settings: Settings, stream_created: str
 ) -> StreamPosition:
@@ -190,7 +206,8 @@ async def _start_position(
 def _scheduler(
     store: LedgerStore, signer: LedgerSigner, verifier: IncrementalVerifier, settings: Settings
 ) -> AsyncIOScheduler:
-    """Jobs that run without events: signed checkpoints, incremental verification."""
+    """Jobs that run without events: signed checkpoints, incremental verification,
+    posture re-assessment."""
     scheduler = AsyncIOScheduler(timezone="UTC")
 
     async def checkpoint_moved_chains() -> None:
@@ -205,9 +222,17 @@ def _scheduler(
         for finding in broken.values():
             log.error("ledger verification failed: %s", finding)
 
+    async def reassess_postures() -> None:
+        # The tick is the scheduler's instant, read once and passed down: the
+        # posture model itself never reads a clock.
+        tick = datetime.now(UTC)
+        assessed = await reassess_due(store, tick)
+        metrics.POSTURES_ASSESSED.inc(len(assessed))
+
     for job, seconds, name in (
         (checkpoint_moved_chains, settings.checkpoint_interval_s, "checkpoints"),
         (verify_new_entries, settings.verify_interval_s, "verify-chains"),
+        (reassess_postures, settings.posture_interval_s, "postures"),
     ):
         scheduler.add_job(
             job, "interval", seconds=seconds, id=name, max_instances=1, coalesce=True,

@@ -141,6 +141,8 @@ async def test_openapi_lists_v1_paths_when_schema_is_requested(service: RunningS
     assert v1 == {
         "/v1/agents/{org}/{agent}/posture",
         "/v1/agents/{org}/{agent}/commitments",
+        "/v1/agents/{org}/{agent}/timeline",
+        "/v1/postures",
         "/v1/chains",
         "/v1/chains/{org}",
         "/v1/chains/{org}/entries",

@@ -7,7 +7,6 @@ import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 
 import asyncpg
 import pytest
@@ -87,23 +86,36 @@ async def test_events_are_chained_in_publish_order_and_projected_when_published_
     assert {e.key_id for e in entries} == {key.key_id}
 
     first_action_seq = 1 + 2 + 1  # key, agent.registered, commitment.declared
-    violations = [(i, v) for i, (_, _, v) in enumerate(ACTIONS) if v is not None]
-    last_index, last_kind = violations[-1]
-    outside = len(violations)
-    response = await service.http.get("/v1/agents/acme/billing-bot/posture")
+    as_of = at(10 + len(ACTIONS) - 1)
+    response = await service.http.get(
+        "/v1/agents/acme/billing-bot/posture", params={"at": as_of.isoformat()}
+    )
     assert response.status_code == 200
     body = response.json()
     assert body["registered"] is True
     assert body["retired"] is False
-    assert body["actions_total"] == len(ACTIONS)
-    assert body["actions_within"] == len(ACTIONS) - outside
-    assert body["actions_outside"] == outside
-    assert body["last_violation"] == last_kind
-    assert body["last_violation_ref"] == {"chain": "acme", "seq": first_action_seq + last_index}
-    assert body["position"] == {"chain": "acme", "seq": 1 + len(events)}
-    assert body["score"] == (len(ACTIONS) - outside) * 1000 // len(ACTIONS)
+    self_30d = next(w for w in body["windows"] if w["window"] == "30d" and w["source"] == "self")
+    outside = [i for i, (_, _, v) in enumerate(ACTIONS) if v is not None]
+    assert self_30d == {
+        "window": "30d",
+        "source": "self",
+        "actions": len(ACTIONS),
+        "within": len(ACTIONS) - len(outside),
+        "violations": len(outside),
+        "findings": 0,
+    }
+    assert [(v["violations"], v["ref"]) for v in body["recent_violations"]] == [
+        ([ACTIONS[i][2]], {"chain": "acme", "seq": first_action_seq + i}) for i in reversed(outside)
+    ]
+    assert {"chain": "acme", "seq": 1 + len(events)} in body["positions"]
+    # docs/posture-model.md: weight = horizon - age (µs); a severity-3 violation weighs 10.
+    horizon_us = 30 * 24 * 3600 * 10**6
+    ages_us = [(len(ACTIONS) - 1 - i) * 10**6 for i in range(len(ACTIONS))]
+    good = sum(horizon_us - a for i, a in enumerate(ages_us) if i not in outside)
+    bad = sum(10 * (horizon_us - a) for i, a in enumerate(ages_us) if i in outside)
+    assert (body["good"], body["bad"]) == (good, bad)
+    assert body["score"] == 1000 * good // (good + bad)
     assert body["band"] == "untrusted"
-    assert datetime.fromisoformat(body["last_action_at"]) == at(10 + len(ACTIONS) - 1)
 
 
 # ---- exactly once ------------------------------------------------------------------------------
@@ -392,30 +404,45 @@ async def test_rebuilt_projections_equal_incremental_ones_when_replayed_from_the
     incremental = await service.store.dump_projections()
     assert all(rows for rows in incremental.values()), {k: len(v) for k, v in incremental.items()}
     # The traffic reached every case the projection distinguishes.
-    ops = await service.store.agent("acme", "ops")
-    assert ops is not None
-    assert ops.retired_seq is not None
-    ops_posture = await service.store.posture("acme", "ops")
-    assert ops_posture is not None
-    assert ops_posture.last_violation == "agent_retired"
-    assert [c.version for c in await service.store.commitments("acme", "billing")] == [2]
-    writer = {c.commitment_id: c for c in await service.store.commitments("beta", "writer")}
-    assert writer["main"].revoked_at is not None
-    assert writer["second"].revoked_at is None
-    outside = observed_total = 0
+    pool = service.store.pool
+    assert await pool.fetchval(
+        "SELECT retired_seq IS NOT NULL FROM agents WHERE org = 'acme' AND agent = 'ops'"
+    )
+    kinds = {
+        r["v"]
+        for r in await pool.fetch(
+            "SELECT DISTINCT json_array_elements(violations_json::json)->>'kind' AS v"
+            " FROM action_verdicts"
+        )
+    }
+    assert {"agent_retired", "action_not_allowed", "resource_out_of_bounds", "revoked"} <= kinds
+    assert await pool.fetchval(
+        "SELECT max(version) FROM commitment_versions WHERE org = 'acme' AND agent = 'billing'"
+    ) == 2
+    writer = {
+        r["commitment_id"]: r["revoked_at"]
+        for r in await pool.fetch("SELECT * FROM commitments WHERE org = 'beta'")
+        if r["agent"] == "writer"
+    }
+    assert writer["main"] is not None
+    assert writer["second"] is None
+    assert await pool.fetchval("SELECT count(*) FROM observations") == sum(
+        e.org == GATEWAY for e in events
+    )
+    outside = 0
     for org, agents in ORG_AGENTS.items():
         for agent in agents:
-            body = (await service.http.get(f"/v1/agents/{org}/{agent}/posture")).json()
-            outside += body["actions_outside"]
-            observed_total += body["observed_total"]
+            body = (
+                await service.http.get(
+                    f"/v1/agents/{org}/{agent}/posture", params={"at": at(100 + 300).isoformat()}
+                )
+            ).json()
+            outside += sum(w["violations"] for w in body["windows"] if w["window"] == "30d")
     assert outside > 0
-    assert observed_total == sum(e.org == GATEWAY for e in events)
 
     # Spoil the projections first: the rebuild must rewrite them from the log alone.
-    await service.store.pool.execute(
-        "UPDATE agent_posture SET actions_total = actions_total + 1000"
-    )
-    await service.store.pool.execute("DELETE FROM agents WHERE org = 'beta'")
+    await pool.execute("UPDATE action_verdicts SET severity = 0")
+    await pool.execute("DELETE FROM agents WHERE org = 'beta'")
     assert await service.store.dump_projections() != incremental
     replayed = await rebuild_projections(service.store)
     assert replayed == sum(sizes.values())

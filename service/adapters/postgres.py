@@ -23,26 +23,14 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-import msgspec
 
+from service.adapters import projection_tables
 from service.domain.admission import PublisherKey, Refused, subject_org
-from service.domain.events import CommitmentTerms
-from service.domain.posture import (
-    AgentKey,
-    AgentRecord,
-    Commitment,
-    ObservationCounts,
-    PostureCounts,
-    PostureProjector,
-)
+from service.domain.audit import LEDGER_CHAIN
+from service.domain.projection import AgentKey, Projector
 from service.errors import StorageError
 
 log = logging.getLogger(__name__)
-
-POSTURE_PROJECTION = "posture"
-
-_terms_decoder = msgspec.json.Decoder(CommitmentTerms)
-_encoder = msgspec.json.Encoder()
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,30 +108,6 @@ ENTRY_COLUMNS = (
 
 def _entry(row: asyncpg.Record) -> EntryRow:
     return EntryRow(**{name: row[name] for name in ENTRY_COLUMNS})
-
-
-def _commitment(r: asyncpg.Record) -> Commitment:
-    return Commitment(
-        r["org"],
-        r["agent"],
-        r["commitment_id"],
-        r["version"],
-        _terms_decoder.decode(r["terms_json"]),
-        r["declared_seq"],
-        r["updated_seq"],
-        r["revoked_at"],
-    )
-
-
-def _agent(r: asyncpg.Record) -> AgentRecord:
-    return AgentRecord(
-        r["org"],
-        r["agent"],
-        r["display_name"],
-        r["principal"],
-        r["registered_seq"],
-        r["retired_seq"],
-    )
 
 
 @asynccontextmanager
@@ -285,124 +249,13 @@ class LedgerTx:
                 revocations,
             )
 
-    async def load_projection(self, keys: Iterable[AgentKey]) -> PostureProjector:
-        """The posture state of the given agents, ready for `PostureProjector.apply`."""
-        agent_keys = sorted(set(keys))
-        projector = PostureProjector()
-        if not agent_keys:
-            return projector
-        orgs = [k[0] for k in agent_keys]
-        agents = [k[1] for k in agent_keys]
-        join = "JOIN unnest($1::text[], $2::text[]) AS k(org, agent) USING (org, agent)"
-        for r in await self._conn.fetch(f"SELECT * FROM agents {join}", orgs, agents):
-            projector.agents[(r["org"], r["agent"])] = _agent(r)
-        for r in await self._conn.fetch(f"SELECT * FROM commitments {join}", orgs, agents):
-            projector.commitments.setdefault((r["org"], r["agent"]), {})[r["commitment_id"]] = (
-                _commitment(r)
-            )
-        for r in await self._conn.fetch(f"SELECT * FROM agent_posture {join}", orgs, agents):
-            projector.posture[(r["org"], r["agent"])] = PostureCounts(
-                **{k: r[k] for k in _POSTURE_COLUMNS}
-            )
-        for r in await self._conn.fetch(f"SELECT * FROM agent_observations {join}", orgs, agents):
-            projector.observations[(r["org"], r["agent"], r["observer"])] = ObservationCounts(
-                **{k: r[k] for k in _OBSERVATION_COLUMNS}
-            )
-        return projector
+    async def load_projection(self, keys: Iterable[AgentKey]) -> Projector:
+        """The evidence state of the given agents, ready for `Projector.apply`."""
+        return await projection_tables.load_projection(self._conn, keys)
 
-    async def save_projection(self, projector: PostureProjector, positions: dict[str, int]) -> None:
+    async def save_projection(self, projector: Projector, positions: dict[str, int]) -> None:
         """Write what the projector changed, and the chain positions it has applied."""
-        await save_projection(self._conn, projector, positions)
-
-
-_OBSERVATION_COLUMNS = ("observer", "org", "agent", "observed_total", "last_observed_at")
-
-_POSTURE_COLUMNS = (
-    "org",
-    "agent",
-    "actions_total",
-    "actions_within",
-    "actions_outside",
-    "last_action_at",
-    "last_violation",
-    "last_violation_chain",
-    "last_violation_seq",
-)
-
-
-async def save_projection(
-    conn: asyncpg.Connection, projector: PostureProjector, positions: dict[str, int]
-) -> None:
-    if projector.dirty_agents:
-        await conn.executemany(
-            "INSERT INTO agents (org, agent, display_name, principal, registered_seq, retired_seq)"
-            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (org, agent) DO UPDATE SET"
-            " retired_seq = EXCLUDED.retired_seq",
-            [
-                (a.org, a.agent, a.display_name, a.principal, a.registered_seq, a.retired_seq)
-                for a in (projector.agents[k] for k in sorted(projector.dirty_agents))
-            ],
-        )
-    if projector.dirty_commitments:
-        rows = []
-        for org, agent, cid in sorted(projector.dirty_commitments):
-            c = projector.commitments[(org, agent)][cid]
-            rows.append(
-                (
-                    c.org,
-                    c.agent,
-                    c.commitment_id,
-                    c.version,
-                    _encoder.encode(c.terms).decode(),
-                    c.terms.valid_from,
-                    c.terms.valid_until,
-                    c.revoked_at,
-                    c.declared_seq,
-                    c.updated_seq,
-                )
-            )
-        await conn.executemany(
-            "INSERT INTO commitments (org, agent, commitment_id, version, terms_json, valid_from,"
-            " valid_until, revoked_at, declared_seq, updated_seq)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-            " ON CONFLICT (org, agent, commitment_id) DO UPDATE SET version = EXCLUDED.version,"
-            " terms_json = EXCLUDED.terms_json, valid_from = EXCLUDED.valid_from,"
-            " valid_until = EXCLUDED.valid_until, revoked_at = EXCLUDED.revoked_at,"
-            " updated_seq = EXCLUDED.updated_seq",
-            rows,
-        )
-    if projector.dirty_posture:
-        cols = ", ".join(_POSTURE_COLUMNS)
-        params = ", ".join(f"${i}" for i in range(1, len(_POSTURE_COLUMNS) + 1))
-        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in _POSTURE_COLUMNS[2:])
-        await conn.executemany(
-            f"INSERT INTO agent_posture ({cols}) VALUES ({params})"
-            f" ON CONFLICT (org, agent) DO UPDATE SET {updates}",
-            [
-                tuple(getattr(projector.posture[k], c) for c in _POSTURE_COLUMNS)
-                for k in sorted(projector.dirty_posture)
-            ],
-        )
-    if projector.dirty_observations:
-        await conn.executemany(
-            "INSERT INTO agent_observations (observer, org, agent, observed_total, last_observed_at)"
-            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (org, agent, observer) DO UPDATE SET"
-            " observed_total = EXCLUDED.observed_total,"
-            " last_observed_at = EXCLUDED.last_observed_at",
-            [
-                tuple(getattr(projector.observations[k], c) for c in _OBSERVATION_COLUMNS)
-                for k in sorted(projector.dirty_observations)
-            ],
-        )
-    if positions:
-        await conn.execute(
-            "INSERT INTO projection_positions (projection, chain, seq)"
-            " SELECT $1, p.chain, p.seq FROM unnest($2::text[], $3::bigint[]) AS p(chain, seq)"
-            " ON CONFLICT (projection, chain) DO UPDATE SET seq = EXCLUDED.seq",
-            POSTURE_PROJECTION,
-            list(positions),
-            list(positions.values()),
-        )
+        await projection_tables.save_projection(self._conn, projector, positions)
 
 
 async def _load_keys(conn: asyncpg.Connection | asyncpg.Pool) -> dict[str, PublisherKey]:
@@ -441,11 +294,15 @@ class RebuildTx:
         async for row in self._conn.cursor(query, prefetch=chunk):
             yield _entry(row)
 
-    async def replace(self, projector: PostureProjector, positions: dict[str, int]) -> None:
-        await self._conn.execute(
-            "TRUNCATE agents, commitments, agent_posture, agent_observations, projection_positions"
-        )
-        await save_projection(self._conn, projector, positions)
+    async def truncate(self) -> None:
+        await projection_tables.truncate_projection(self._conn)
+
+    async def flush(self, projector: Projector) -> None:
+        """Write and forget the rows replayed so far (bounded memory)."""
+        await projection_tables.append_rows(self._conn, projector)
+
+    async def replace(self, projector: Projector, positions: dict[str, int]) -> None:
+        await projection_tables.replace_projection(self._conn, projector, positions)
 
 
 class LedgerStore:
@@ -539,50 +396,23 @@ class LedgerStore:
                 yield _entry(r)
             last = (rows[-1]["chain"], rows[-1]["seq"])
 
-    async def posture(self, org: str, agent: str) -> PostureCounts | None:
-        async with translate_errors("reading posture"):
-            r = await self._pool.fetchrow(
-                f"SELECT {', '.join(_POSTURE_COLUMNS)} FROM agent_posture"
-                " WHERE org = $1 AND agent = $2",
-                org,
-                agent,
-            )
-        return None if r is None else PostureCounts(**{k: r[k] for k in _POSTURE_COLUMNS})
-
-    async def observations(self, org: str, agent: str) -> list[ObservationCounts]:
-        """What each gateway org has observed the agent do, by observer."""
-        async with translate_errors("reading observations"):
+    async def projections_behind(self) -> list[str]:
+        """Chains whose entries the projections have not all applied (`_ledger` aside)."""
+        async with translate_errors("comparing projection positions with chain heads"):
             rows = await self._pool.fetch(
-                f"SELECT {', '.join(_OBSERVATION_COLUMNS)} FROM agent_observations"
-                " WHERE org = $1 AND agent = $2 ORDER BY observer",
-                org,
-                agent,
+                "SELECT c.chain FROM chains c LEFT JOIN projection_positions p"
+                " ON p.projection = $1 AND p.chain = c.chain"
+                " WHERE c.chain <> $2 AND c.head_seq > coalesce(p.seq, 0) ORDER BY c.chain",
+                projection_tables.POSTURE_PROJECTION,
+                LEDGER_CHAIN,
             )
-        return [ObservationCounts(**{k: r[k] for k in _OBSERVATION_COLUMNS}) for r in rows]
-
-    async def agent(self, org: str, agent: str) -> AgentRecord | None:
-        async with translate_errors("reading an agent"):
-            r = await self._pool.fetchrow(
-                "SELECT * FROM agents WHERE org = $1 AND agent = $2", org, agent
-            )
-        if r is None:
-            return None
-        return _agent(r)
-
-    async def commitments(self, org: str, agent: str) -> list[Commitment]:
-        async with translate_errors("reading commitments"):
-            rows = await self._pool.fetch(
-                "SELECT * FROM commitments WHERE org = $1 AND agent = $2 ORDER BY commitment_id",
-                org,
-                agent,
-            )
-        return [_commitment(r) for r in rows]
+        return [r["chain"] for r in rows]
 
     async def projection_position(self, chain: str) -> int:
         async with translate_errors("reading projection position"):
             seq = await self._pool.fetchval(
                 "SELECT seq FROM projection_positions WHERE projection = $1 AND chain = $2",
-                POSTURE_PROJECTION,
+                projection_tables.POSTURE_PROJECTION,
                 chain,
             )
         return int(seq) if seq is not None else 0
@@ -729,18 +559,8 @@ class LedgerStore:
 
     async def dump_projections(self) -> dict[str, list[tuple[object, ...]]]:
         """Every projection row in a fixed order, to compare two states exactly."""
-        out: dict[str, list[tuple[object, ...]]] = {}
         async with translate_errors("dumping projections"):
-            for table, order in (
-                ("agents", "org, agent"),
-                ("commitments", "org, agent, commitment_id"),
-                ("agent_posture", "org, agent"),
-                ("agent_observations", "org, agent, observer"),
-                ("projection_positions", "projection, chain"),
-            ):
-                rows = await self._pool.fetch(f"SELECT * FROM {table} ORDER BY {order}")
-                out[table] = [tuple(r.values()) for r in rows]
-        return out
+            return await projection_tables.dump_projection(self._pool)
 
     @property
     def pool(self) -> asyncpg.Pool:

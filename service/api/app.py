@@ -16,6 +16,7 @@ from service.api.controllers import (
     AgentController,
     ChainController,
     LedgerController,
+    PostureListController,
     QuarantineController,
 )
 from service.api.problems import EXCEPTION_HANDLERS
@@ -64,7 +65,13 @@ def create_app(
     operations endpoints, so each exposes its own metrics)."""
     operations = [healthz, readyz, prometheus_metrics]
     queries = (
-        [AgentController, ChainController, LedgerController, QuarantineController]
+        [
+            AgentController,
+            PostureListController,
+            ChainController,
+            LedgerController,
+            QuarantineController,
+        ]
         if query_api
         else []
     )

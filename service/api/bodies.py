@@ -16,28 +16,129 @@ class LedgerRef(msgspec.Struct):
     seq: int
 
 
+class EvidenceView(msgspec.Struct):
+    """One piece of evidence: an action (self-reported or seen by a gateway) or a finding."""
+
+    at: datetime
+    """When it counts from: the action's `occurred_at`, or a finding's deadline."""
+    source: str
+    """`self` (the agent's org) or `third_party` (another org's gateway)."""
+    kind: str
+    """`action`, `unreported` or `contradicted`."""
+    severity: int
+    """0 within bounds, 1-3 otherwise."""
+    violations: list[str]
+    ref: LedgerRef
+    event_id: str
+    detail: str
+
+
+class WindowView(msgspec.Struct):
+    window: str
+    source: str
+    actions: int
+    within: int
+    violations: int
+    findings: int
+
+
+class BudgetView(msgspec.Struct):
+    kind: str
+    """`spend_window` (minor units) or `rate` (actions)."""
+    window_s: int
+    limit: int
+    used: int
+    currency: str | None
+
+
+class CommitmentInForceView(msgspec.Struct):
+    commitment_id: str
+    version: int
+    ref: LedgerRef
+    """The entry that declared or amended this version."""
+    per_action_minor: int | None
+    currency: str | None
+    budgets: list[BudgetView]
+
+
 class PostureView(msgspec.Struct):
-    """An agent's posture as of `position` (the last entry of the agent's chain applied)."""
+    """An agent's posture as of `as_of` (docs/posture-model.md defines every field)."""
 
     org: str
     agent: str
+    model: str
+    as_of: datetime
+    known_at: datetime | None
+    """Set for a historical answer: only what the ledger had received by then counts."""
+    evidence: str
+    """`all`, or `third_party` (other orgs' gateways only)."""
     band: str
     score: int | None
+    confidence: int
+    good: int
+    bad: int
+    mass: int
+    """The model's sums (weight-microseconds), so the score can be checked by hand."""
     registered: bool
     retired: bool
-    actions_total: int
-    actions_within: int
-    actions_outside: int
-    observed_total: int
+    next_change_at: datetime | None
+    next_change: str | None
+    windows: list[WindowView]
+    coverage_permille: int | None
+    """Share of the counting self-reported actions that a gateway corroborated."""
     observed_by: dict[str, int]
-    """Actions seen by gateways, per observing org."""
-    last_action_at: datetime | None
-    last_violation: str | None
-    last_violation_ref: LedgerRef | None
-    position: LedgerRef
+    recent_violations: list[EvidenceView]
+    commitments_in_force: list[CommitmentInForceView]
+    positions: list[LedgerRef]
+    """The newest entry of each chain the answer rests on."""
+
+
+class TimelinePointView(msgspec.Struct):
+    at: datetime
+    before: str
+    after: str
+    evidence: list[EvidenceView]
+
+
+class TimelineView(msgspec.Struct):
+    org: str
+    agent: str
+    model: str
+    start: datetime
+    end: datetime
+    start_band: str
+    start_score: int | None
+    changes: list[TimelinePointView]
+    truncated: bool
+
+
+class PostureSummaryView(msgspec.Struct):
+    """The scheduler's latest assessment of an agent (as of its last tick)."""
+
+    org: str
+    agent: str
+    as_of: datetime
+    band: str
+    score: int | None
+    confidence: int
+    next_change_at: datetime | None
+
+
+class PosturesPage(msgspec.Struct):
+    items: list[PostureSummaryView]
+    next_after: str | None
+    """Pass as `after` for the next page (`org/agent`)."""
+
+
+class VersionView(msgspec.Struct):
+    version: int
+    effective_from: datetime
+    ref: LedgerRef
 
 
 class CommitmentView(msgspec.Struct):
+    """A commitment's latest terms; `versions` lists every version in chain order."""
+
     commitment_id: str
     version: int
     status: str
@@ -45,6 +146,7 @@ class CommitmentView(msgspec.Struct):
     revoked_at: datetime | None
     declared: LedgerRef
     updated: LedgerRef
+    versions: list[VersionView]
 
 
 class CommitmentsPage(msgspec.Struct):

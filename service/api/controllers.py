@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
-from datetime import datetime
-from typing import Annotated
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal
 
 from litestar import Controller, MediaType, Response, get, post
 from litestar.datastructures import State
@@ -13,7 +13,7 @@ from litestar.exceptions import (
     ServiceUnavailableException,
     ValidationException,
 )
-from litestar.params import Parameter
+from litestar.params import Parameter, QueryParameter
 from litestar.response import Stream
 
 from service.adapters.postgres import ChainHead, LedgerStore, StoredCheckpoint
@@ -27,25 +27,46 @@ from service.api.bodies import (
     LedgerKeysView,
     LedgerKeyView,
     LedgerRef,
+    PosturesPage,
+    PostureSummaryView,
     PostureView,
     QuarantinePage,
     QuarantineView,
+    TimelinePointView,
+    TimelineView,
+    VersionView,
 )
+from service.api.posture_views import evidence_view, posture_view
 from service.app.checkpoints import make_checkpoint
 from service.app.export import export_chain
 from service.app.ledger_key import LedgerSigner
+from service.app.posture import MODEL, assess_agent, commitments_of, list_postures, timeline
 from service.app.verify import verify_ledger_keys
 from service.domain.audit import LEDGER_CHAIN, Finding, verify_sequentially
 from service.domain.chain import to_micros
 from service.domain.checkpoint import verifier_key
 from service.domain.events import SLUG_PATTERN, load_json_strict
 from service.domain.export_format import MEDIA_TYPE as EXPORT_MEDIA_TYPE
-from service.domain.posture import band_of
 from service.domain.signing import b64url, from_b64url
 from service.errors import ConfigError, IntegrityError, NotFoundError
 
 SlugParam = Annotated[str, Parameter(pattern=SLUG_PATTERN)]
+EvidenceParam = Annotated[
+    Literal["all", "third_party"], QueryParameter(description="whose evidence counts")
+]
 Limit = Annotated[int, Parameter(ge=1, le=1000)]
+
+
+def _now(state: State) -> datetime:
+    """The request's instant: the only clock read on the posture path."""
+    clock = state.get("clock")
+    return clock() if clock is not None else datetime.now(UTC)
+
+
+def _instant(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValidationException(f"{value.isoformat()} needs a UTC offset (RFC 3339)")
+    return value.astimezone(UTC)
 
 
 def _store(state: State) -> LedgerStore:
@@ -58,62 +79,118 @@ class AgentController(Controller):
     path = "/v1/agents/{org:str}/{agent:str}"
     tags = ["agents"]
 
-    @get("/posture", summary="An agent's posture versus its commitments")
-    async def posture(self, state: State, org: SlugParam, agent: SlugParam) -> PostureView:
-        store = _store(state)
-        record = await store.agent(org, agent)
-        counts = await store.posture(org, agent)
-        observed = await store.observations(org, agent)
-        if (
-            record is None
-            and counts is None
-            and not observed
-            and not await store.commitments(org, agent)
-        ):
-            raise NotFoundError(f"no events about agent {org}/{agent} are in the ledger")
-        retired = record is not None and record.retired_seq is not None
-        band, score = band_of(counts, retired)
-        position = await store.projection_position(org)
-        violation_ref = None
-        if counts is not None and counts.last_violation_chain is not None:
-            assert counts.last_violation_seq is not None
-            violation_ref = LedgerRef(counts.last_violation_chain, counts.last_violation_seq)
-        return PostureView(
+    @get(
+        "/posture",
+        summary="An agent's posture versus its commitments",
+        description=(
+            "As of now, or as of `at`. With `known_at`, only entries the ledger had"
+            " received by then count: `?at=T&known_at=T` is what the ledger answered at T."
+            " `evidence=third_party` uses only other orgs' gateways."
+        ),
+    )
+    async def posture(
+        self,
+        state: State,
+        org: SlugParam,
+        agent: SlugParam,
+        at: Annotated[datetime | None, QueryParameter()] = None,
+        known_at: Annotated[datetime | None, QueryParameter()] = None,
+        evidence: EvidenceParam = "all",
+    ) -> PostureView:
+        report = await assess_agent(
+            _store(state),
+            org,
+            agent,
+            _instant(at) if at is not None else _now(state),
+            known_at=_instant(known_at) if known_at is not None else None,
+            third_party_only=evidence == "third_party",
+        )
+        return posture_view(report)
+
+    @get("/timeline", summary="Band changes of an agent over a period, with their evidence")
+    async def timeline(
+        self,
+        state: State,
+        org: SlugParam,
+        agent: SlugParam,
+        start: Annotated[datetime | None, QueryParameter(name="from")] = None,
+        end: Annotated[datetime | None, QueryParameter(name="to")] = None,
+        evidence: EvidenceParam = "all",
+        limit: Limit = 200,
+    ) -> TimelineView:
+        end_at = _instant(end) if end is not None else _now(state)
+        start_at = _instant(start) if start is not None else end_at - timedelta(days=30)
+        if start_at >= end_at:
+            raise ValidationException("`from` must be before `to`")
+        found = await timeline(
+            _store(state), org, agent, start_at, end_at, evidence == "third_party", limit
+        )
+        return TimelineView(
             org=org,
             agent=agent,
-            band=band,
-            score=score,
-            registered=record is not None,
-            retired=retired,
-            actions_total=counts.actions_total if counts else 0,
-            actions_within=counts.actions_within if counts else 0,
-            actions_outside=counts.actions_outside if counts else 0,
-            observed_total=sum(o.observed_total for o in observed),
-            observed_by={o.observer: o.observed_total for o in observed},
-            last_action_at=counts.last_action_at if counts else None,
-            last_violation=counts.last_violation if counts else None,
-            last_violation_ref=violation_ref,
-            position=LedgerRef(org, position),
+            model=MODEL,
+            start=start_at,
+            end=end_at,
+            start_band=found.start.band,
+            start_score=found.start.score,
+            changes=[
+                TimelinePointView(p.at, p.before, p.after, [evidence_view(i) for i in p.evidence])
+                for p in found.points
+            ],
+            truncated=found.truncated,
         )
 
-    @get("/commitments", summary="The commitments an agent has declared")
+    @get("/commitments", summary="The commitments an agent has declared, with their versions")
     async def commitments(self, state: State, org: SlugParam, agent: SlugParam) -> CommitmentsPage:
-        found = await _store(state).commitments(org, agent)
+        found = await commitments_of(_store(state), org, agent)
         return CommitmentsPage(
             org=org,
             agent=agent,
             commitments=[
                 CommitmentView(
                     commitment_id=c.commitment_id,
-                    version=c.version,
+                    version=c.latest.version,
                     status="revoked" if c.revoked_at is not None else "declared",
-                    terms=c.terms,
+                    terms=c.latest.terms,
                     revoked_at=c.revoked_at,
-                    declared=LedgerRef(c.org, c.declared_seq),
-                    updated=LedgerRef(c.org, c.updated_seq),
+                    declared=LedgerRef(c.org, c.versions[0].seq),
+                    updated=LedgerRef(c.org, max(c.latest.seq, c.revoked_seq or 0)),
+                    versions=[
+                        VersionView(v.version, v.effective_from, LedgerRef(v.org, v.seq))
+                        for v in c.versions
+                    ],
                 )
                 for c in found
             ],
+        )
+
+
+class PostureListController(Controller):
+    path = "/v1/postures"
+    tags = ["agents"]
+
+    @get(
+        "/",
+        summary="Every agent's posture as of the scheduler's last assessment",
+        description="Filter by `band`; page with `after` (`org/agent`).",
+    )
+    async def postures(
+        self,
+        state: State,
+        band: Annotated[str | None, Parameter(pattern="^[a-z]+$")] = None,
+        after: Annotated[str | None, Parameter(pattern="^[a-z0-9_-]+/[a-z0-9_-]+$")] = None,
+        limit: Limit = 100,
+    ) -> PosturesPage:
+        key = tuple(after.split("/", 1)) if after else ("", "")
+        rows = await list_postures(_store(state), band, (key[0], key[1]), limit)
+        return PosturesPage(
+            items=[
+                PostureSummaryView(
+                    r.org, r.agent, r.as_of, r.band, r.score, r.confidence, r.next_change_at
+                )
+                for r in rows
+            ],
+            next_after=f"{rows[-1].org}/{rows[-1].agent}" if len(rows) == limit else None,
         )
 
 

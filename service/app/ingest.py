@@ -226,7 +226,7 @@ async def _apply(
     agents = {a for v in accepted if (a := agent_of(v.event)) is not None}
     projector = await tx.load_projection(agents)
     for v, entry in zip(accepted, entries, strict=True):
-        projector.apply(v.event, entry.chain, entry.seq)
+        projector.apply(v.event, entry.chain, entry.seq, entry.received_at)
     await tx.save_projection(projector, {h.chain: h.seq for h in touched})
 
     await tx.quarantine(refused, received_at, subject_prefix)

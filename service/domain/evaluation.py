@@ -207,17 +207,22 @@ class RollingWindow:
       (after entries with the same instant), which costs O(k) where k is the
       number of retained entries later than it (list shift and prefix-sum
       update); the answers are the same as if it had arrived in order.
-    * Pruning: after each `add`, entries at or before
-      `newest - horizon_s - grace_s` are dropped (a moving head index; the
-      lists are compacted when more than half is dead, so pruning is O(1)
-      amortized per action). For every query with `w <= horizon_s` and
-      `at >= newest - grace_s` the answer is exactly what it would be without
-      pruning. `grace_s` is how late (relative to the newest entry) a query
-      may be and still be exact; out-of-order actions later than that are
-      still recorded but their window may miss pruned entries.
+    * Pruning: after each `add`, the cutoff becomes
+      `max(cutoff, newest - horizon_s - grace_s)` and entries at or before it
+      are dropped (a moving head index; the lists are compacted when more than
+      half is dead, so pruning is O(1) amortized per action). An entry added
+      at or before the cutoff is not retained at all. For every query with
+      `w <= horizon_s` and `at >= newest - grace_s` the answer is exactly what
+      it would be without pruning; later than that, out-of-order actions see
+      only the retained entries.
+    * The retained entries are exactly the entries ever added whose instant is
+      after `cutoff_us` (the cutoff never moves back), so a window rebuilt by
+      `restore(cutoff_us, entries)` from stored charges answers exactly like
+      the one kept in memory: this is what makes incremental projection and a
+      full rebuild agree.
     """
 
-    __slots__ = ("_cum", "_grace_us", "_head", "_horizon_us", "_times")
+    __slots__ = ("_cum", "_cutoff_us", "_grace_us", "_head", "_horizon_us", "_times")
 
     def __init__(self, horizon_s: int, grace_s: int = 0) -> None:
         if horizon_s < 0 or grace_s < 0:
@@ -227,6 +232,32 @@ class RollingWindow:
         self._times: list[int] = []
         self._cum: list[int] = []  # _cum[i] = sum of amounts of _times[0..i], inclusive
         self._head = 0  # entries before _head are pruned
+        self._cutoff_us: int | None = None  # entries at or before it are pruned
+
+    @classmethod
+    def restore(
+        cls,
+        horizon_s: int,
+        grace_s: int,
+        cutoff_us: int | None,
+        entries: list[tuple[int, int]],
+    ) -> RollingWindow:
+        """The window whose cutoff is `cutoff_us` and whose charges are `entries`
+        (`(instant_us, amount_minor)`, any order); entries at or before the cutoff are ignored."""
+        window = cls(horizon_s, grace_s)
+        window._cutoff_us = cutoff_us
+        kept = sorted(e for e in entries if cutoff_us is None or e[0] > cutoff_us)
+        total = 0
+        for t, amount in kept:
+            total += amount
+            window._times.append(t)
+            window._cum.append(total)
+        return window
+
+    @property
+    def cutoff_us(self) -> int | None:
+        """Entries at or before this instant are pruned (None: nothing pruned yet)."""
+        return self._cutoff_us
 
     @property
     def horizon_s(self) -> int:
@@ -293,6 +324,8 @@ class RollingWindow:
         if amount_minor < 0:
             raise ValueError("amount_minor must not be negative")
         t = to_micros(at)
+        if self._cutoff_us is not None and t <= self._cutoff_us:
+            return  # already outside every window this one answers exactly
         if not self._times or t >= self._times[-1]:
             self._times.append(t)
             self._cum.append(self._before(len(self._cum)) + amount_minor)
@@ -306,6 +339,9 @@ class RollingWindow:
 
     def _prune(self) -> None:
         cutoff = self._times[-1] - self._horizon_us - self._grace_us
+        if self._cutoff_us is not None:
+            cutoff = max(cutoff, self._cutoff_us)
+        self._cutoff_us = cutoff
         self._head = bisect_right(self._times, cutoff, self._head)
         if self._head and self._head * 2 > len(self._times):
             base = self._cum[self._head - 1]
@@ -393,6 +429,7 @@ def _check(
     history: CommitmentHistory,
     version: CommitmentVersion,
     usage: dict[str, RollingWindow],
+    windows: bool = True,
 ) -> list[Violation]:
     cid = history.commitment_id
     terms = version.terms
@@ -449,7 +486,7 @@ def _check(
                         f"{amount.amount_minor} > per_action_minor {spend.per_action_minor} {spend.currency}",
                     )
                 )
-            if spend.per_window_minor is not None and spend.window_s is not None:
+            if windows and spend.per_window_minor is not None and spend.window_s is not None:
                 before = window.total_in(spend.window_s, at) if window is not None else 0
                 total = before + amount.amount_minor
                 if total > spend.per_window_minor:
@@ -461,7 +498,7 @@ def _check(
                         )
                     )
     rate = terms.rate
-    if rate is not None:
+    if windows and rate is not None:
         count = (window.count_in(rate.window_s, at) if window is not None else 0) + 1
         if count > rate.max_count:
             found.append(
@@ -490,8 +527,13 @@ def evaluate(
     histories: list[CommitmentHistory],
     usage: dict[str, RollingWindow],
     retired: bool,
+    windows: bool = True,
 ) -> Evaluation:
     """Judge one action. Pure: reads `histories` and `usage`, mutates neither.
+
+    `windows=False` skips the rolling-window checks (`spend_window`,
+    `rate_limit`): a gateway sees only the traffic that passes through it, so
+    its observations are judged on everything but the agent's budgets.
 
     1. A retired agent: `[agent_retired]`, nothing else is checked.
     2. Candidates are the commitments with a version in effect at `action.at`
@@ -519,7 +561,7 @@ def evaluate(
     best: tuple[tuple[int, int, str], CommitmentHistory, CommitmentVersion, list[Violation]] | None
     best = None
     for history, version in candidates:
-        found = _check(action, history, version, usage)
+        found = _check(action, history, version, usage, windows)
         if not found:
             return Evaluation(
                 True, history.commitment_id, [], version.ref, _charge(action, history, version)

@@ -1,259 +1,409 @@
-"""The first posture projection: per agent, actions within and outside commitments.
+"""The posture score: evidence items in, score / band / confidence / next change out.
 
-Pure and deterministic: state goes in, events are applied in ledger order,
-state comes out. No clock is read; time comes from the events. The adapter
-loads the state of the agents a batch touches, `PostureProjector.apply` folds
-the batch into it, and the adapter writes back what changed, all in the
-transaction that appends the batch (see `service.app.ingest`).
+Pure and deterministic: integers only (instants in microseconds since the Unix
+epoch), no clock, no I/O. `assess(items, status, as_of_us)` is the whole model;
+`docs/posture-model.md` defines it in prose with worked examples, and the
+constants below are the model's parameters.
 
-Judging one self-reported action (the full model, with spend, rate, data
-classes, decay and gateway evidence, is described in `docs/posture-model.md`):
+Evidence
+--------
+An `Item` is one piece of evidence about an agent at instant `at_us`: an
+action (self-reported, or observed by a gateway) with the highest severity of
+its violations (0 when within bounds), or an under-reporting finding. It counts
+from `at_us` on and fades linearly to nothing over `HORIZON_US`:
 
-* the agent is retired                        → violation `agent_retired`
-* no commitment is in force at `occurred_at`   → violation `uncommitted`
-* none in force allows the action             → violation `action_not_allowed`
-* none that allows the action bounds the resource → violation `resource_out_of_bounds`
-* otherwise                                   → within bounds
+    age    = as_of - at                      (0 <= age < HORIZON; other items do not count)
+    weight = (HORIZON - age) * SOURCE_WEIGHT[source]
+    good   = sum of weight over items with severity 0
+    bad    = sum of weight * SEVERITY_WEIGHT[severity] over items with severity > 0
+    score  = floor(1000 * good / (good + bad))              (None when good + bad = 0)
 
-A commitment is in force at t when `valid_from <= t`, `t < valid_until` (if
-set) and `t < revoked_at` (if revoked).
+Band, first rule that applies:
+
+1. ``revoked``   the agent is retired, or it has commitments and every one is revoked
+2. ``unknown``   no adverse item counts and the evidence mass (sum of HORIZON - age,
+                 unweighted) is below ``MIN_EVIDENCE`` whole fresh items
+3. ``trusted``   score >= 900 and no severity-3 item is younger than ``RECENT_SEVERE_US``
+4. ``watch``     score >= 600
+5. ``untrusted`` otherwise
+
+Time moves the answer without events: items age (linear in time between
+breakpoints), leave the horizon, high-severity items stop capping the band
+after a day, commitments start, expire and are revoked. `assess` finds the
+next instant at which the band or the set of commitments in force changes
+(`next_change_at_us`) by sweeping breakpoints and solving the linear
+inequalities exactly in integers.
 """
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from typing import Final, Literal
 
-from service.domain.events import (
-    ActionObserved,
-    ActionPerformed,
-    AgentRegistered,
-    AgentRetired,
-    CommitmentAmended,
-    CommitmentDeclared,
-    CommitmentRevoked,
-    CommitmentTerms,
-    Event,
+Source = Literal["self", "third_party"]
+Band = Literal["trusted", "watch", "untrusted", "revoked", "unknown"]
+ItemKind = Literal["action", "unreported", "contradicted"]
+
+US_PER_S: Final = 1_000_000
+HOUR_US: Final = 3600 * US_PER_S
+DAY_US: Final = 24 * HOUR_US
+
+HORIZON_US: Final = 30 * DAY_US
+"""Evidence older than this counts no more; its weight falls linearly to 0 over it."""
+
+SOURCE_WEIGHT: Final[dict[Source, int]] = {"self": 1, "third_party": 2}
+"""An action seen by another org's gateway weighs twice a self-report."""
+
+SEVERITY_WEIGHT: Final[dict[int, int]] = {1: 1, 2: 4, 3: 10}
+"""How many good actions of the same age and source one violation of each severity cancels."""
+
+TRUSTED_MIN: Final = 900
+WATCH_MIN: Final = 600
+MIN_EVIDENCE: Final = 3
+"""Below this many fresh-item equivalents, and with nothing adverse, the band is `unknown`."""
+FULL_CONFIDENCE: Final = 50
+"""Fresh-item equivalents at which confidence reaches 1000."""
+RECENT_SEVERE_US: Final = DAY_US
+"""A severity-3 item younger than this keeps the band at `watch` or below."""
+
+WINDOWS: Final[tuple[tuple[str, int], ...]] = (
+    ("1h", HOUR_US),
+    ("24h", DAY_US),
+    ("7d", 7 * DAY_US),
+    ("30d", 30 * DAY_US),
 )
-from service.domain.patterns import matches_any
-
-AgentKey = tuple[str, str]
-"""(org, agent)."""
-
-
-@dataclass(slots=True)
-class AgentRecord:
-    org: str
-    agent: str
-    display_name: str
-    principal: str
-    registered_seq: int
-    retired_seq: int | None = None
-
-
-@dataclass(slots=True)
-class Commitment:
-    org: str
-    agent: str
-    commitment_id: str
-    version: int
-    terms: CommitmentTerms
-    declared_seq: int
-    updated_seq: int
-    revoked_at: datetime | None = None
-
-    def in_force_at(self, at: datetime) -> bool:
-        """True when the commitment covers actions at instant `at`."""
-        if at < self.terms.valid_from:
-            return False
-        if self.terms.valid_until is not None and at >= self.terms.valid_until:
-            return False
-        return self.revoked_at is None or at < self.revoked_at
-
-
-@dataclass(slots=True)
-class PostureCounts:
-    org: str
-    agent: str
-    actions_total: int = 0
-    actions_within: int = 0
-    actions_outside: int = 0
-    last_action_at: datetime | None = None
-    last_violation: str | None = None
-    last_violation_chain: str | None = None
-    last_violation_seq: int | None = None
-
-
-@dataclass(slots=True)
-class ObservationCounts:
-    """What one gateway org has seen one agent do (written only from the observer's chain)."""
-
-    observer: str
-    org: str
-    agent: str
-    observed_total: int = 0
-    last_observed_at: datetime | None = None
-
-
-ObservationKey = tuple[str, str, str]
-"""(org, agent, observer)."""
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
-    """Within bounds (`violation is None`) or the kind of violation."""
+class Item:
+    """One piece of evidence; `ref` is the ledger entry (chain, seq) it comes from."""
 
-    violation: str | None
+    at_us: int
+    source: Source
+    kind: ItemKind
+    severity: int
+    violations: tuple[str, ...]
+    ref: tuple[str, int]
+    event_id: str
+    detail: str = ""
 
-    @property
-    def within(self) -> bool:
-        return self.violation is None
+    def __post_init__(self) -> None:
+        if self.severity not in (0, *SEVERITY_WEIGHT):
+            raise ValueError(f"severity must be 0-3, got {self.severity}")
 
 
-def judge(
-    action: str,
-    resource: str,
-    at: datetime,
-    commitments: list[Commitment],
-    retired: bool = False,
-) -> Verdict:
-    """Judge one action against the agent's commitments."""
-    if retired:
-        return Verdict("agent_retired")
-    in_force = [c for c in commitments if c.in_force_at(at)]
-    if not in_force:
-        return Verdict("uncommitted")
-    allowing = [c for c in in_force if matches_any(c.terms.allowed_actions, action)]
-    if not allowing:
-        return Verdict("action_not_allowed")
-    if not any(matches_any(c.terms.resource_bounds, resource) for c in allowing):
-        return Verdict("resource_out_of_bounds")
-    return Verdict(None)
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A stretch of a commitment's time in force: `[start_us, end_us)` (None: open),
+    cut short by `revoked_at_us`. A commitment whose versions change its validity
+    has one span per version."""
+
+    commitment_id: str
+    start_us: int
+    end_us: int | None
+    revoked_at_us: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """What decides `revoked` and the commitments in force, apart from evidence."""
+
+    retired_at_us: int | None = None
+    spans: tuple[Span, ...] = ()
+
+    def revoked_at(self, t: int) -> bool:
+        if self.retired_at_us is not None and self.retired_at_us <= t:
+            return True
+        return bool(self.spans) and all(
+            s.revoked_at_us is not None and s.revoked_at_us <= t for s in self.spans
+        )
+
+    def in_force(self, t: int) -> tuple[str, ...]:
+        return tuple(
+            sorted(
+                {
+                    s.commitment_id
+                    for s in self.spans
+                    if s.start_us <= t
+                    and (s.end_us is None or t < s.end_us)
+                    and (s.revoked_at_us is None or t < s.revoked_at_us)
+                }
+            )
+        )
+
+    def breakpoints(self) -> list[int]:
+        points = [s.start_us for s in self.spans]
+        points += [s.end_us for s in self.spans if s.end_us is not None]
+        points += [s.revoked_at_us for s in self.spans if s.revoked_at_us is not None]
+        if self.retired_at_us is not None:
+            points.append(self.retired_at_us)
+        return points
 
 
 @dataclass(slots=True)
-class PostureProjector:
-    """The in-memory state of the agents one batch touches, and what changed."""
+class _Sums:
+    """Running sums over the counting items: each weighted sum is `A - t * S` at instant t."""
 
-    agents: dict[AgentKey, AgentRecord] = field(default_factory=dict)
-    commitments: dict[AgentKey, dict[str, Commitment]] = field(default_factory=dict)
-    posture: dict[AgentKey, PostureCounts] = field(default_factory=dict)
-    observations: dict[ObservationKey, ObservationCounts] = field(default_factory=dict)
-    dirty_agents: set[AgentKey] = field(default_factory=set)
-    dirty_commitments: set[tuple[str, str, str]] = field(default_factory=set)
-    dirty_posture: set[AgentKey] = field(default_factory=set)
-    dirty_observations: set[ObservationKey] = field(default_factory=set)
+    a_good: int = 0
+    s_good: int = 0
+    a_bad: int = 0
+    s_bad: int = 0
+    a_mass: int = 0
+    n: int = 0
+    adverse: int = 0
+    severe: dict[int, int] = field(default_factory=dict)
+    """at_us -> count of severity-3 items (to know when the recent-severe cap ends)."""
 
-    def _counts(self, key: AgentKey) -> PostureCounts:
-        counts = self.posture.get(key)
-        if counts is None:
-            counts = self.posture[key] = PostureCounts(org=key[0], agent=key[1])
-        self.dirty_posture.add(key)
-        return counts
+    def add(self, item: Item, sign: int) -> None:
+        source_w = SOURCE_WEIGHT[item.source]
+        base = HORIZON_US + item.at_us
+        if item.severity == 0:
+            self.a_good += sign * base * source_w
+            self.s_good += sign * source_w
+        else:
+            w = source_w * SEVERITY_WEIGHT[item.severity]
+            self.a_bad += sign * base * w
+            self.s_bad += sign * w
+            self.adverse += sign
+            if item.severity == 3:
+                self.severe[item.at_us] = self.severe.get(item.at_us, 0) + sign
+                if self.severe[item.at_us] == 0:
+                    del self.severe[item.at_us]
+        self.a_mass += sign * base
+        self.n += sign
 
-    def apply(self, event: Event, chain: str, seq: int) -> Verdict | None:
-        """Fold one chained event into the state; returns the verdict for actions."""
-        if isinstance(event, AgentRegistered):
-            key = (event.org, event.agent)
-            if key not in self.agents:
-                self.agents[key] = AgentRecord(
-                    event.org, event.agent, event.display_name, event.principal, seq
+    def good(self, t: int) -> int:
+        return self.a_good - t * self.s_good
+
+    def bad(self, t: int) -> int:
+        return self.a_bad - t * self.s_bad
+
+    def mass(self, t: int) -> int:
+        return self.a_mass - t * self.n
+
+    def recent_severe(self, t: int) -> bool:
+        return any(t - at < RECENT_SEVERE_US for at in self.severe)
+
+
+def score_of(good: int, bad: int) -> int | None:
+    """floor(1000 * good / (good + bad)), or None when there is no weight at all."""
+    total = good + bad
+    return None if total == 0 else 1000 * good // total
+
+
+def _band(status: Status, sums: _Sums, t: int) -> Band:
+    if status.revoked_at(t):
+        return "revoked"
+    good, bad = sums.good(t), sums.bad(t)
+    if sums.adverse == 0 and sums.mass(t) < MIN_EVIDENCE * HORIZON_US:
+        return "unknown"
+    score = score_of(good, bad)
+    if score is None:
+        return "unknown"
+    if score >= TRUSTED_MIN and not sums.recent_severe(t):
+        return "trusted"
+    if score >= WATCH_MIN:
+        return "watch"
+    return "untrusted"
+
+
+@dataclass(frozen=True, slots=True)
+class WindowCounts:
+    """Evidence whose instant falls in `(as_of - window, as_of]`, per source."""
+
+    window: str
+    source: Source
+    actions: int
+    within: int
+    violations: int
+    findings: int
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """The posture as of `as_of_us`."""
+
+    as_of_us: int
+    band: Band
+    score: int | None
+    confidence: int
+    """0-1000: evidence mass against `FULL_CONFIDENCE` fresh items."""
+    good: int
+    bad: int
+    mass: int
+    counts: tuple[WindowCounts, ...]
+    in_force: tuple[str, ...]
+    next_change_at_us: int | None
+    next_change: str | None
+    """What changes then, e.g. ``band watch -> trusted`` or ``in force: c1 -> (none)``."""
+
+
+def _counting(items: Iterable[Item], t: int) -> list[Item]:
+    return [i for i in items if i.at_us <= t < i.at_us + HORIZON_US]
+
+
+def _sums(items: Iterable[Item]) -> _Sums:
+    sums = _Sums()
+    for item in items:
+        sums.add(item, 1)
+    return sums
+
+
+def window_counts(items: Sequence[Item], as_of_us: int) -> tuple[WindowCounts, ...]:
+    """Per window and source: actions, of which within bounds / in violation, and findings."""
+    out: list[WindowCounts] = []
+    for name, length in WINDOWS:
+        for source in ("self", "third_party"):
+            inside = [
+                i for i in items if i.source == source and as_of_us - length < i.at_us <= as_of_us
+            ]
+            actions = [i for i in inside if i.kind == "action"]
+            out.append(
+                WindowCounts(
+                    window=name,
+                    source=source,
+                    actions=len(actions),
+                    within=sum(1 for i in actions if i.severity == 0),
+                    violations=sum(1 for i in actions if i.severity > 0),
+                    findings=len(inside) - len(actions),
                 )
-                self.dirty_agents.add(key)
-        elif isinstance(event, AgentRetired):
-            record = self.agents.get((event.org, event.agent))
-            if record is not None and record.retired_seq is None:
-                record.retired_seq = seq
-                self.dirty_agents.add((event.org, event.agent))
-        elif isinstance(event, CommitmentDeclared):
-            by_id = self.commitments.setdefault((event.org, event.agent), {})
-            if event.commitment_id not in by_id:
-                by_id[event.commitment_id] = Commitment(
-                    event.org, event.agent, event.commitment_id, 1, event.terms, seq, seq
-                )
-                self.dirty_commitments.add((event.org, event.agent, event.commitment_id))
-        elif isinstance(event, CommitmentAmended):
-            current = self.commitments.get((event.org, event.agent), {}).get(event.commitment_id)
-            if (
-                current is not None
-                and current.revoked_at is None
-                and event.version > current.version
-            ):
-                current.version = event.version
-                current.terms = event.terms
-                current.updated_seq = seq
-                self.dirty_commitments.add((event.org, event.agent, event.commitment_id))
-        elif isinstance(event, CommitmentRevoked):
-            current = self.commitments.get((event.org, event.agent), {}).get(event.commitment_id)
-            if current is not None and current.revoked_at is None:
-                current.revoked_at = event.occurred_at
-                current.updated_seq = seq
-                self.dirty_commitments.add((event.org, event.agent, event.commitment_id))
-        elif isinstance(event, ActionPerformed):
-            key = (event.org, event.agent)
-            record = self.agents.get(key)
-            verdict = judge(
-                event.action,
-                event.resource,
-                event.occurred_at,
-                list(self.commitments.get(key, {}).values()),
-                retired=record is not None and record.retired_seq is not None,
             )
-            counts = self._counts(key)
-            counts.actions_total += 1
-            if counts.last_action_at is None or event.occurred_at > counts.last_action_at:
-                counts.last_action_at = event.occurred_at
-            if verdict.within:
-                counts.actions_within += 1
-            else:
-                counts.actions_outside += 1
-                counts.last_violation = verdict.violation
-                counts.last_violation_chain = chain
-                counts.last_violation_seq = seq
-            return verdict
-        elif isinstance(event, ActionObserved):
-            okey = (event.agent_org, event.agent, event.org)
-            seen = self.observations.get(okey)
-            if seen is None:
-                seen = self.observations[okey] = ObservationCounts(
-                    event.org, event.agent_org, event.agent
-                )
-            seen.observed_total += 1
-            if seen.last_observed_at is None or event.occurred_at > seen.last_observed_at:
-                seen.last_observed_at = event.occurred_at
-            self.dirty_observations.add(okey)
+    return tuple(out)
+
+
+def assess(items: Sequence[Item], status: Status, as_of_us: int) -> Assessment:
+    """The posture at `as_of_us` from `items` (any order) and `status`."""
+    sums = _sums(_counting(items, as_of_us))
+    band = _band(status, sums, as_of_us)
+    good, bad, mass = sums.good(as_of_us), sums.bad(as_of_us), sums.mass(as_of_us)
+    in_force = status.in_force(as_of_us)
+    change = next_change(items, status, as_of_us)
+    return Assessment(
+        as_of_us=as_of_us,
+        band=band,
+        score=score_of(good, bad),
+        confidence=min(1000, mass * 1000 // (FULL_CONFIDENCE * HORIZON_US)),
+        good=good,
+        bad=bad,
+        mass=mass,
+        counts=window_counts(items, as_of_us),
+        in_force=in_force,
+        next_change_at_us=change[0] if change else None,
+        next_change=change[1] if change else None,
+    )
+
+
+# --------------------------------------------------------------------------- time sweep
+
+
+def _first_flip(a: int, s: int, after: int, before: int | None) -> int | None:
+    """The first integer t in (after, before) at which f(t) = a - t * s changes sign
+    class (>= 0 versus < 0) from its class at `after`; None when it does not."""
+    if a - after * s >= 0:
+        if s <= 0:
+            return None  # f does not decrease: stays >= 0
+        t = a // s + 1  # first t with a - t * s < 0
+    else:
+        if s >= 0:
+            return None  # f does not increase: stays < 0
+        t = -(-a // s)  # ceil(a / s): first t with a - t * s >= 0
+    if t <= after or (before is not None and t >= before):
         return None
-
-    def mark_all_dirty(self) -> None:
-        """Treat every row as changed (a rebuild writes everything)."""
-        self.dirty_agents = set(self.agents)
-        self.dirty_commitments = {
-            (org, agent, cid) for (org, agent), by_id in self.commitments.items() for cid in by_id
-        }
-        self.dirty_posture = set(self.posture)
-        self.dirty_observations = set(self.observations)
+    return t
 
 
-WATCH_SHARE_PERMILLE = 100
-"""At most this share (per mille) of actions outside commitments keeps an agent on `watch`."""
+def _flips(sums: _Sums, after: int, before: int | None) -> list[int]:
+    """Instants in (after, before) where a band threshold may be crossed (linear parts)."""
+    g_a, g_s = sums.a_good, sums.s_good
+    b_a, b_s = sums.a_bad, sums.s_bad
+    candidates = [
+        # score >= 900  <=>  1000 g >= 900 (g + b)  <=>  100 g - 900 b >= 0
+        _first_flip(
+            (1000 - TRUSTED_MIN) * g_a - TRUSTED_MIN * b_a,
+            (1000 - TRUSTED_MIN) * g_s - TRUSTED_MIN * b_s,
+            after,
+            before,
+        ),
+        _first_flip(
+            (1000 - WATCH_MIN) * g_a - WATCH_MIN * b_a,
+            (1000 - WATCH_MIN) * g_s - WATCH_MIN * b_s,
+            after,
+            before,
+        ),
+        # mass >= MIN_EVIDENCE * HORIZON
+        _first_flip(sums.a_mass - MIN_EVIDENCE * HORIZON_US, sums.n, after, before),
+    ]
+    return sorted(c for c in candidates if c is not None)
 
 
-def band_of(counts: PostureCounts | None, retired: bool) -> tuple[str, int | None]:
-    """The band and score (0-1000, share of actions within bounds) of an agent.
+def next_change(items: Sequence[Item], status: Status, as_of_us: int) -> tuple[int, str] | None:
+    """The first instant after `as_of_us` at which, with no new evidence, the band or
+    the commitments in force differ from their value at `as_of_us`, and what changes."""
+    for at_us, before, after in band_changes(items, status, as_of_us, None, limit=1):
+        return at_us, f"{before} -> {after}"
+    return None
 
-    * `revoked`   the agent is retired
-    * `unknown`   no self-reported action yet: no evidence either way
-    * `trusted`   every action within bounds
-    * `watch`     some outside, at most 10 % of them
-    * `untrusted` more than 10 % outside
-    Integer arithmetic only, so the answer is the same everywhere."""
-    if retired:
-        return "revoked", 0
-    if counts is None or counts.actions_total == 0:
-        return "unknown", None
-    score = counts.actions_within * 1000 // counts.actions_total
-    if counts.actions_outside == 0:
-        return "trusted", score
-    if counts.actions_outside * 1000 <= WATCH_SHARE_PERMILLE * counts.actions_total:
-        return "watch", score
-    return "untrusted", score
+
+def band_changes(
+    items: Sequence[Item],
+    status: Status,
+    from_us: int,
+    to_us: int | None,
+    limit: int | None = None,
+) -> list[tuple[int, str, str]]:
+    """Every instant in (from_us, to_us] at which the band or the commitments in force
+    change, as `(instant, before, after)` with values like ``band watch`` /
+    ``in force: c1``. Stops after `limit` changes. Evidence whose instant is after
+    `from_us` enters at its instant, as if it had been known in advance (a timeline
+    over what the ledger holds now)."""
+    # Events of the sweep: (instant, +1 item enters / -1 item leaves, index)
+    enter = [(i.at_us, n) for n, i in enumerate(items) if i.at_us > from_us]
+    leave = [
+        (i.at_us + HORIZON_US, n) for n, i in enumerate(items) if i.at_us + HORIZON_US > from_us
+    ]
+    heap: list[tuple[int, int, int]] = [(t, 1, n) for t, n in enter]
+    heap += [(t, -1, n) for t, n in leave]
+    heap += [(t, 0, -1) for t in status.breakpoints() if t > from_us]
+    heap += [
+        (i.at_us + RECENT_SEVERE_US, 0, -1)
+        for i in items
+        if i.severity == 3 and i.at_us + RECENT_SEVERE_US > from_us
+    ]
+    heapq.heapify(heap)
+    sums = _sums(_counting(items, from_us))
+
+    def state(t: int) -> tuple[str, str]:
+        forced = status.in_force(t)
+        return f"band {_band(status, sums, t)}", f"in force: {', '.join(forced) or '(none)'}"
+
+    current = state(from_us)
+    changes: list[tuple[int, str, str]] = []
+    t = from_us
+
+    def record(at: int) -> bool:
+        nonlocal current
+        new = state(at)
+        for old_part, new_part in zip(current, new, strict=True):
+            if old_part != new_part:
+                changes.append((at, old_part, new_part))
+        current = new
+        return limit is not None and len(changes) >= limit
+
+    while True:
+        nxt = heap[0][0] if heap else None
+        for flip in _flips(sums, t, nxt):
+            if to_us is not None and flip > to_us:
+                return changes
+            if record(flip):
+                return changes[:limit]
+        if nxt is None or (to_us is not None and nxt > to_us):
+            return changes
+        while heap and heap[0][0] == nxt:
+            _, sign, n = heapq.heappop(heap)
+            if sign:
+                sums.add(items[n], sign)
+        t = nxt
+        if record(t):
+            return changes[:limit]

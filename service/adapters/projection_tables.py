@@ -1,0 +1,634 @@
+"""PostgreSQL: the evidence projection's tables and the posture cache.
+
+SQL for `service.domain.projection` rows, split from `postgres.py` (the
+ledger) so each module has one job. Functions take a connection (inside a
+batch or rebuild transaction) or the pool (reads); the callers translate
+driver errors (`postgres.translate_errors`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TypeAlias
+
+import asyncpg
+import msgspec
+
+from service.domain.chain import from_micros, to_micros
+from service.domain.evaluation import LATE_GRACE_S, Charge, RollingWindow, Violation
+from service.domain.events import CommitmentTerms, Money
+from service.domain.evidence import REPORT_GRACE_US, Evidence
+from service.domain.projection import (
+    AgentKey,
+    AgentRecord,
+    CommitmentRecord,
+    ObservationRow,
+    Projector,
+    VerdictRow,
+    VersionRow,
+)
+
+POSTURE_PROJECTION = "posture"
+
+PROJECTION_TABLES: tuple[tuple[str, str], ...] = (
+    ("agents", "org, agent"),
+    ("commitments", "org, agent, commitment_id"),
+    ("commitment_versions", "org, agent, commitment_id, version"),
+    ("commitment_windows", "org, agent, commitment_id"),
+    ("action_verdicts", "org, seq"),
+    ("observations", "observer, seq"),
+    ("projection_positions", "projection, chain"),
+)
+"""Every table the log determines, with its total order (rebuild compares them)."""
+
+Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
+
+_terms_decoder = msgspec.json.Decoder(CommitmentTerms)
+_violations_decoder = msgspec.json.Decoder(list[Violation])
+_encoder = msgspec.json.Encoder()
+
+_AGENT_KEYS = "JOIN unnest($1::text[], $2::text[]) AS k(org, agent) USING (org, agent)"
+
+
+def _unzip(keys: Iterable[AgentKey]) -> tuple[list[str], list[str]]:
+    ordered = sorted(set(keys))
+    return [k[0] for k in ordered], [k[1] for k in ordered]
+
+
+def _money(amount: int | None, currency: str | None) -> Money | None:
+    return None if amount is None or currency is None else Money(amount, currency)
+
+
+def _instant(us: int | None) -> datetime | None:
+    return None if us is None else from_micros(us)
+
+
+def _agent(r: asyncpg.Record) -> AgentRecord:
+    return AgentRecord(
+        r["org"],
+        r["agent"],
+        r["display_name"],
+        r["principal"],
+        r["registered_seq"],
+        r["retired_seq"],
+        r["retired_at"],
+        r["retired_received_at"],
+    )
+
+
+def _version(r: asyncpg.Record) -> VersionRow:
+    return VersionRow(
+        r["org"],
+        r["agent"],
+        r["commitment_id"],
+        r["version"],
+        _terms_decoder.decode(r["terms_json"]),
+        r["effective_from"],
+        r["seq"],
+        r["received_at"],
+    )
+
+
+def _verdict(r: asyncpg.Record) -> VerdictRow:
+    charge = None
+    if r["charge_commitment"] is not None:
+        # horizon_s is not stored: it only matters when the charge is recorded
+        charge = Charge(r["charge_commitment"], r["occurred_at"], r["charge_amount"], 0)
+    return VerdictRow(
+        org=r["org"],
+        agent=r["agent"],
+        seq=r["seq"],
+        event_id=r["event_id"],
+        occurred_at=r["occurred_at"],
+        received_at=r["received_at"],
+        action=r["action"],
+        resource=r["resource"],
+        amount=_money(r["amount_minor"], r["currency"]),
+        data_classes=tuple(r["data_classes"]),
+        correlation_id=r["correlation_id"],
+        within=r["within"],
+        severity=r["severity"],
+        violations=tuple(_violations_decoder.decode(r["violations_json"])),
+        covering=r["covering"],
+        ref=(r["org"], r["ref_seq"]) if r["ref_seq"] is not None else None,
+        charge=charge,
+    )
+
+
+def _observation(r: asyncpg.Record) -> ObservationRow:
+    return ObservationRow(
+        observer=r["observer"],
+        seq=r["seq"],
+        event_id=r["event_id"],
+        org=r["org"],
+        agent=r["agent"],
+        gateway=r["gateway"],
+        occurred_at=r["occurred_at"],
+        received_at=r["received_at"],
+        action=r["action"],
+        resource=r["resource"],
+        amount=_money(r["amount_minor"], r["currency"]),
+        data_classes=tuple(r["data_classes"]),
+        correlation_id=r["correlation_id"],
+    )
+
+
+async def _commitment_records(
+    conn: Conn, orgs: list[str], agents: list[str]
+) -> dict[AgentKey, dict[str, CommitmentRecord]]:
+    out: dict[AgentKey, dict[str, CommitmentRecord]] = {}
+    for r in await conn.fetch(
+        f"SELECT * FROM commitments {_AGENT_KEYS} ORDER BY org, agent, commitment_id", orgs, agents
+    ):
+        out.setdefault((r["org"], r["agent"]), {})[r["commitment_id"]] = CommitmentRecord(
+            r["org"],
+            r["agent"],
+            r["commitment_id"],
+            [],
+            r["revoked_at"],
+            r["revoked_seq"],
+            r["revoked_received_at"],
+        )
+    for r in await conn.fetch(
+        f"SELECT * FROM commitment_versions {_AGENT_KEYS} ORDER BY org, agent, commitment_id, seq",
+        orgs,
+        agents,
+    ):
+        out[(r["org"], r["agent"])][r["commitment_id"]].versions.append(_version(r))
+    return out
+
+
+async def load_projection(conn: Conn, keys: Iterable[AgentKey]) -> Projector:
+    """The evidence state of the given agents, ready for `Projector.apply`."""
+    projector = Projector()
+    orgs, agents = _unzip(keys)
+    if not orgs:
+        return projector
+    for r in await conn.fetch(f"SELECT * FROM agents {_AGENT_KEYS}", orgs, agents):
+        projector.agents[(r["org"], r["agent"])] = _agent(r)
+    projector.commitments = await _commitment_records(conn, orgs, agents)
+    cutoffs: dict[tuple[str, str, str], datetime | None] = {
+        (r["org"], r["agent"], r["commitment_id"]): r["cutoff"]
+        for r in await conn.fetch(
+            f"SELECT org, agent, commitment_id, cutoff FROM commitment_windows {_AGENT_KEYS}",
+            orgs,
+            agents,
+        )
+    }
+    charges: dict[tuple[str, str, str], list[tuple[int, int]]] = {k: [] for k in cutoffs}
+    for r in await conn.fetch(
+        "SELECT v.org, v.agent, v.charge_commitment, v.occurred_at, v.charge_amount"
+        f" FROM action_verdicts v {_AGENT_KEYS}"
+        " JOIN commitment_windows w ON w.org = v.org AND w.agent = v.agent"
+        " AND w.commitment_id = v.charge_commitment"
+        " WHERE v.charge_commitment IS NOT NULL AND (w.cutoff IS NULL OR v.occurred_at > w.cutoff)",
+        orgs,
+        agents,
+    ):
+        charges[(r["org"], r["agent"], r["charge_commitment"])].append(
+            (to_micros(r["occurred_at"]), r["charge_amount"])
+        )
+    for (org, agent, cid), cutoff in cutoffs.items():
+        history = projector.commitments[(org, agent)][cid].history()
+        horizon_s = history.horizon_s() if history is not None else 0
+        projector.windows.setdefault((org, agent), {})[cid] = RollingWindow.restore(
+            horizon_s,
+            LATE_GRACE_S,
+            to_micros(cutoff) if cutoff is not None else None,
+            charges[(org, agent, cid)],
+        )
+    return projector
+
+
+def _verdict_record(v: VerdictRow) -> tuple[object, ...]:
+    return (
+        v.org,
+        v.seq,
+        v.agent,
+        v.event_id,
+        v.occurred_at,
+        v.received_at,
+        v.action,
+        v.resource,
+        v.amount.amount_minor if v.amount else None,
+        v.amount.currency if v.amount else None,
+        list(v.data_classes),
+        v.correlation_id,
+        v.within,
+        v.severity,
+        _encoder.encode(list(v.violations)).decode(),
+        v.covering,
+        v.ref[1] if v.ref else None,
+        v.charge.commitment_id if v.charge else None,
+        v.charge.amount_minor if v.charge else None,
+    )
+
+
+_VERDICT_COLUMNS = (
+    "org",
+    "seq",
+    "agent",
+    "event_id",
+    "occurred_at",
+    "received_at",
+    "action",
+    "resource",
+    "amount_minor",
+    "currency",
+    "data_classes",
+    "correlation_id",
+    "within",
+    "severity",
+    "violations_json",
+    "covering",
+    "ref_seq",
+    "charge_commitment",
+    "charge_amount",
+)
+
+_OBSERVATION_COLUMNS = (
+    "observer",
+    "seq",
+    "event_id",
+    "org",
+    "agent",
+    "gateway",
+    "occurred_at",
+    "received_at",
+    "action",
+    "resource",
+    "amount_minor",
+    "currency",
+    "data_classes",
+    "correlation_id",
+)
+
+
+def _observation_record(o: ObservationRow) -> tuple[object, ...]:
+    return (
+        o.observer,
+        o.seq,
+        o.event_id,
+        o.org,
+        o.agent,
+        o.gateway,
+        o.occurred_at,
+        o.received_at,
+        o.action,
+        o.resource,
+        o.amount.amount_minor if o.amount else None,
+        o.amount.currency if o.amount else None,
+        list(o.data_classes),
+        o.correlation_id,
+    )
+
+
+async def save_projection(
+    conn: asyncpg.Connection, projector: Projector, positions: dict[str, int]
+) -> None:
+    """Write what the projector changed, its new rows and the chain positions applied."""
+    if projector.dirty_agents:
+        await conn.executemany(
+            "INSERT INTO agents (org, agent, display_name, principal, registered_seq, retired_seq,"
+            " retired_at, retired_received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            " ON CONFLICT (org, agent) DO UPDATE SET retired_seq = EXCLUDED.retired_seq,"
+            " retired_at = EXCLUDED.retired_at, retired_received_at = EXCLUDED.retired_received_at",
+            [
+                (
+                    a.org,
+                    a.agent,
+                    a.display_name,
+                    a.principal,
+                    a.registered_seq,
+                    a.retired_seq,
+                    a.retired_at,
+                    a.retired_received_at,
+                )
+                for a in (projector.agents[k] for k in sorted(projector.dirty_agents))
+            ],
+        )
+    if projector.dirty_commitments:
+        rows = []
+        for org, agent, cid in sorted(projector.dirty_commitments):
+            c = projector.commitments[(org, agent)][cid]
+            latest = c.latest
+            rows.append(
+                (
+                    org,
+                    agent,
+                    cid,
+                    latest.version,
+                    _encoder.encode(latest.terms).decode(),
+                    latest.terms.valid_from,
+                    latest.terms.valid_until,
+                    c.revoked_at,
+                    c.versions[0].seq,
+                    max(latest.seq, c.revoked_seq or 0),
+                    c.revoked_seq,
+                    c.revoked_received_at,
+                )
+            )
+        await conn.executemany(
+            "INSERT INTO commitments (org, agent, commitment_id, version, terms_json, valid_from,"
+            " valid_until, revoked_at, declared_seq, updated_seq, revoked_seq, revoked_received_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+            " ON CONFLICT (org, agent, commitment_id) DO UPDATE SET version = EXCLUDED.version,"
+            " terms_json = EXCLUDED.terms_json, valid_from = EXCLUDED.valid_from,"
+            " valid_until = EXCLUDED.valid_until, revoked_at = EXCLUDED.revoked_at,"
+            " updated_seq = EXCLUDED.updated_seq, revoked_seq = EXCLUDED.revoked_seq,"
+            " revoked_received_at = EXCLUDED.revoked_received_at",
+            rows,
+        )
+    await append_rows(conn, projector)
+    if projector.dirty_windows:
+        await conn.executemany(
+            "INSERT INTO commitment_windows (org, agent, commitment_id, cutoff)"
+            " VALUES ($1, $2, $3, $4) ON CONFLICT (org, agent, commitment_id)"
+            " DO UPDATE SET cutoff = EXCLUDED.cutoff",
+            [
+                (org, agent, cid, _instant(projector.windows[(org, agent)][cid].cutoff_us))
+                for org, agent, cid in sorted(projector.dirty_windows)
+            ],
+        )
+    if projector.touched:
+        orgs, agents = _unzip(projector.touched)
+        await conn.execute(
+            "INSERT INTO posture_due (org, agent) SELECT * FROM unnest($1::text[], $2::text[])"
+            " ON CONFLICT DO NOTHING",
+            orgs,
+            agents,
+        )
+    if positions:
+        await conn.execute(
+            "INSERT INTO projection_positions (projection, chain, seq)"
+            " SELECT $1, p.chain, p.seq FROM unnest($2::text[], $3::bigint[]) AS p(chain, seq)"
+            " ON CONFLICT (projection, chain) DO UPDATE SET seq = EXCLUDED.seq",
+            POSTURE_PROJECTION,
+            list(positions),
+            list(positions.values()),
+        )
+
+
+async def append_rows(conn: asyncpg.Connection, projector: Projector) -> None:
+    """Write the projector's new append-only rows (versions, verdicts, observations) and
+    forget them, so a long replay holds only state, never the rows it produced."""
+    if projector.new_versions:
+        await conn.executemany(
+            "INSERT INTO commitment_versions (org, agent, commitment_id, version, terms_json,"
+            " effective_from, seq, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            [
+                (
+                    v.org,
+                    v.agent,
+                    v.commitment_id,
+                    v.version,
+                    _encoder.encode(v.terms).decode(),
+                    v.effective_from,
+                    v.seq,
+                    v.received_at,
+                )
+                for v in projector.new_versions
+            ],
+        )
+    if projector.new_verdicts:
+        await conn.copy_records_to_table(
+            "action_verdicts",
+            records=[_verdict_record(v) for v in projector.new_verdicts],
+            columns=_VERDICT_COLUMNS,
+        )
+    if projector.new_observations:
+        await conn.copy_records_to_table(
+            "observations",
+            records=[_observation_record(o) for o in projector.new_observations],
+            columns=_OBSERVATION_COLUMNS,
+        )
+    projector.new_versions.clear()
+    projector.new_verdicts.clear()
+    projector.new_observations.clear()
+
+
+async def truncate_projection(conn: asyncpg.Connection) -> None:
+    """Empty every projection table and the posture cache (a rebuild starts here)."""
+    tables = ", ".join(t for t, _ in PROJECTION_TABLES)
+    await conn.execute(f"TRUNCATE {tables}, agent_posture, posture_due")
+
+
+async def replace_projection(
+    conn: asyncpg.Connection, projector: Projector, positions: dict[str, int]
+) -> None:
+    """Write a replayed projector's whole state over tables emptied by
+    `truncate_projection`, then queue every agent for the scheduler."""
+    projector.mark_all_dirty()
+    await save_projection(conn, projector, positions)
+    await queue_all(conn)
+
+
+async def dump_projection(conn: Conn) -> dict[str, list[tuple[object, ...]]]:
+    """Every projection row in a fixed order, to compare two states exactly."""
+    out: dict[str, list[tuple[object, ...]]] = {}
+    for table, order in PROJECTION_TABLES:
+        rows = await conn.fetch(f"SELECT * FROM {table} ORDER BY {order}")
+        out[table] = [tuple(r.values()) for r in rows]
+    return out
+
+
+# --------------------------------------------------------------------------- reads
+
+
+async def load_agent(conn: Conn, org: str, agent: str) -> AgentRecord | None:
+    r = await conn.fetchrow("SELECT * FROM agents WHERE org = $1 AND agent = $2", org, agent)
+    return None if r is None else _agent(r)
+
+
+async def load_commitments(conn: Conn, org: str, agent: str) -> list[CommitmentRecord]:
+    found = await _commitment_records(conn, [org], [agent])
+    return list(found.get((org, agent), {}).values())
+
+
+async def load_evidence(
+    conn: Conn,
+    org: str,
+    agent: str,
+    after: datetime,
+    through: datetime,
+    known_at: datetime | None,
+) -> Evidence:
+    """The evidence about one agent whose instants can fall in `(after, through]`,
+    as the ledger held it at `known_at` (None: now)."""
+    grace = timedelta(microseconds=REPORT_GRACE_US)
+    verdicts = [
+        _verdict(r)
+        for r in await conn.fetch(
+            "SELECT * FROM action_verdicts WHERE org = $1 AND agent = $2"
+            " AND occurred_at > $3 AND occurred_at <= $4"
+            " AND ($5::timestamptz IS NULL OR received_at <= $5) ORDER BY seq",
+            org,
+            agent,
+            after,
+            through,
+            known_at,
+        )
+    ]
+    observations = [
+        _observation(r)
+        for r in await conn.fetch(
+            "SELECT * FROM observations WHERE org = $1 AND agent = $2"
+            " AND ((occurred_at > $3 AND occurred_at <= $4)"
+            "      OR (received_at > $3 - $6::interval AND received_at <= $4))"
+            " AND ($5::timestamptz IS NULL OR received_at <= $5) ORDER BY observer, seq",
+            org,
+            agent,
+            after,
+            through,
+            known_at,
+            grace,
+        )
+    ]
+    correlations = sorted({o.correlation_id for o in observations if o.correlation_id})
+    reports = (
+        [
+            _verdict(r)
+            for r in await conn.fetch(
+                "SELECT * FROM action_verdicts WHERE org = $1 AND agent = $2"
+                " AND correlation_id = ANY($3::text[])"
+                " AND ($4::timestamptz IS NULL OR received_at <= $4) ORDER BY seq",
+                org,
+                agent,
+                correlations,
+                known_at,
+            )
+        ]
+        if correlations
+        else []
+    )
+    return Evidence(
+        agent=await load_agent(conn, org, agent),
+        commitments=await load_commitments(conn, org, agent),
+        verdicts=verdicts,
+        observations=observations,
+        reports=reports,
+    )
+
+
+async def window_usage(
+    conn: Conn,
+    org: str,
+    agent: str,
+    commitment_id: str,
+    window_s: int,
+    as_of: datetime,
+    known_at: datetime | None,
+) -> tuple[int, int]:
+    """(spend in minor units, action count) charged to a commitment in `(as_of - window_s, as_of]`."""
+    r = await conn.fetchrow(
+        "SELECT coalesce(sum(charge_amount), 0) AS spent, count(*) AS n FROM action_verdicts"
+        " WHERE org = $1 AND agent = $2 AND charge_commitment = $3"
+        " AND occurred_at > $4 AND occurred_at <= $5"
+        " AND ($6::timestamptz IS NULL OR received_at <= $6)",
+        org,
+        agent,
+        commitment_id,
+        as_of - timedelta(seconds=window_s),
+        as_of,
+        known_at,
+    )
+    assert r is not None
+    return int(r["spent"]), int(r["n"])
+
+
+async def chain_positions(conn: Conn, chains: Sequence[str]) -> dict[str, int]:
+    """How far the projection has applied each chain."""
+    rows = await conn.fetch(
+        "SELECT chain, seq FROM projection_positions WHERE projection = $1"
+        " AND chain = ANY($2::text[])",
+        POSTURE_PROJECTION,
+        list(chains),
+    )
+    return {r["chain"]: r["seq"] for r in rows}
+
+
+# --------------------------------------------------------------------------- posture cache
+
+
+@dataclass(frozen=True, slots=True)
+class CachedPosture:
+    org: str
+    agent: str
+    as_of: datetime
+    band: str
+    score: int | None
+    confidence: int
+    next_change_at: datetime | None
+    next_change: str | None
+
+
+async def take_due(conn: Conn, tick: datetime, limit: int) -> list[AgentKey]:
+    """Agents to re-assess at `tick`: evidence changed, or a change was due by now."""
+    queued = await conn.fetch(
+        "DELETE FROM posture_due WHERE (org, agent) IN"
+        " (SELECT org, agent FROM posture_due ORDER BY org, agent LIMIT $1) RETURNING org, agent",
+        limit,
+    )
+    timed = await conn.fetch(
+        "SELECT org, agent FROM agent_posture WHERE next_change_at <= $1"
+        " ORDER BY next_change_at LIMIT $2",
+        tick,
+        limit,
+    )
+    return sorted({(r["org"], r["agent"]) for r in [*queued, *timed]})
+
+
+async def save_cached(conn: Conn, rows: Sequence[CachedPosture]) -> None:
+    if rows:
+        await conn.executemany(
+            "INSERT INTO agent_posture (org, agent, as_of, band, score, confidence,"
+            " next_change_at, next_change) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            " ON CONFLICT (org, agent) DO UPDATE SET as_of = EXCLUDED.as_of,"
+            " band = EXCLUDED.band, score = EXCLUDED.score, confidence = EXCLUDED.confidence,"
+            " next_change_at = EXCLUDED.next_change_at, next_change = EXCLUDED.next_change",
+            [
+                (
+                    p.org,
+                    p.agent,
+                    p.as_of,
+                    p.band,
+                    p.score,
+                    p.confidence,
+                    p.next_change_at,
+                    p.next_change,
+                )
+                for p in rows
+            ],
+        )
+
+
+async def cached(conn: Conn, keys: Iterable[AgentKey]) -> dict[AgentKey, CachedPosture]:
+    orgs, agents = _unzip(keys)
+    rows = await conn.fetch(f"SELECT * FROM agent_posture {_AGENT_KEYS}", orgs, agents)
+    return {(r["org"], r["agent"]): CachedPosture(**dict(r)) for r in rows}
+
+
+async def list_cached(
+    conn: Conn, band: str | None, after: AgentKey, limit: int
+) -> list[CachedPosture]:
+    rows = await conn.fetch(
+        "SELECT * FROM agent_posture WHERE ($1::text IS NULL OR band = $1)"
+        " AND (org, agent) > ($2, $3) ORDER BY org, agent LIMIT $4",
+        band,
+        after[0],
+        after[1],
+        limit,
+    )
+    return [CachedPosture(**dict(r)) for r in rows]
+
+
+async def queue_all(conn: Conn) -> None:
+    """Queue every known agent for re-assessment (after a rebuild)."""
+    await conn.execute(
+        "INSERT INTO posture_due (org, agent)"
+        " SELECT org, agent FROM agents UNION SELECT org, agent FROM commitments"
+        " UNION SELECT org, agent FROM action_verdicts UNION SELECT org, agent FROM observations"
+        " ON CONFLICT DO NOTHING"
+    )

@@ -1,0 +1,71 @@
+"""From posture reports (use case results) to HTTP bodies."""
+
+from __future__ import annotations
+
+from service.api.bodies import (
+    BudgetView,
+    CommitmentInForceView,
+    EvidenceView,
+    LedgerRef,
+    PostureView,
+    WindowView,
+)
+from service.app.posture import MODEL, PostureReport
+from service.domain.chain import from_micros
+from service.domain.posture import Item
+
+
+def evidence_view(item: Item) -> EvidenceView:
+    return EvidenceView(
+        at=from_micros(item.at_us),
+        source=item.source,
+        kind=item.kind,
+        severity=item.severity,
+        violations=list(item.violations),
+        ref=LedgerRef(*item.ref),
+        event_id=item.event_id,
+        detail=item.detail,
+    )
+
+
+def posture_view(report: PostureReport) -> PostureView:
+    a = report.assessment
+    return PostureView(
+        org=report.org,
+        agent=report.agent,
+        model=MODEL,
+        as_of=report.as_of,
+        known_at=report.known_at,
+        evidence="third_party" if report.third_party_only else "all",
+        band=a.band,
+        score=a.score,
+        confidence=a.confidence,
+        good=a.good,
+        bad=a.bad,
+        mass=a.mass,
+        registered=report.registered,
+        retired=report.retired,
+        next_change_at=from_micros(a.next_change_at_us) if a.next_change_at_us else None,
+        next_change=a.next_change,
+        windows=[
+            WindowView(c.window, c.source, c.actions, c.within, c.violations, c.findings)
+            for c in a.counts
+        ],
+        coverage_permille=report.coverage_permille,
+        observed_by=report.observed_by,
+        recent_violations=[evidence_view(i) for i in report.recent],
+        commitments_in_force=[
+            CommitmentInForceView(
+                commitment_id=c.commitment_id,
+                version=c.version,
+                ref=LedgerRef(*c.ref),
+                per_action_minor=c.per_action_minor,
+                currency=c.currency,
+                budgets=[
+                    BudgetView(b.kind, b.window_s, b.limit, b.used, b.currency) for b in c.budgets
+                ],
+            )
+            for c in report.commitments
+        ],
+        positions=[LedgerRef(chain, seq) for chain, seq in report.positions.items()],
+    )
