@@ -243,8 +243,8 @@ async def test_third_party_posture_counts_only_other_orgs_gateways_when_asked(
 
     third = await _posture(service.http, at=late_at, evidence="third_party")
     assert third["evidence"] == "third_party"
-    assert [w["actions"] for w in third["windows"] if w["source"] == "self"] == [0, 0, 0, 0]
-    assert sum(w["actions"] for w in third["windows"] if w["window"] == "30d") == len(sightings)
+    assert [w["self"]["actions"] for w in third["windows"].values()] == [0, 0, 0, 0]
+    assert third["windows"]["30d"]["third_party"]["actions"] == len(sightings)
     # Four within-bounds sightings (weight 2 each) against four unreported findings (2 * 4).
     assert third["band"] == "untrusted"
 

@@ -33,9 +33,9 @@ class EvidenceView(msgspec.Struct):
     detail: str
 
 
-class WindowView(msgspec.Struct):
-    window: str
-    source: str
+class CountsView(msgspec.Struct):
+    """Evidence whose instant falls in the window, from one source."""
+
     actions: int
     within: int
     violations: int
@@ -83,7 +83,8 @@ class PostureView(msgspec.Struct):
     retired: bool
     next_change_at: datetime | None
     next_change: str | None
-    windows: list[WindowView]
+    windows: dict[str, dict[str, CountsView]]
+    """Window (`1h`, `24h`, `7d`, `30d`) -> source (`self`, `third_party`) -> counts."""
     coverage_permille: int | None
     """Share of the counting self-reported actions that a gateway corroborated."""
     observed_by: dict[str, int]

@@ -5,14 +5,14 @@ from __future__ import annotations
 from service.api.bodies import (
     BudgetView,
     CommitmentInForceView,
+    CountsView,
     EvidenceView,
     LedgerRef,
     PostureView,
-    WindowView,
 )
 from service.app.posture import MODEL, PostureReport
 from service.domain.chain import from_micros
-from service.domain.posture import Item
+from service.domain.posture import Item, WindowCounts
 
 
 def evidence_view(item: Item) -> EvidenceView:
@@ -26,6 +26,15 @@ def evidence_view(item: Item) -> EvidenceView:
         event_id=item.event_id,
         detail=item.detail,
     )
+
+
+def _windows(counts: tuple[WindowCounts, ...]) -> dict[str, dict[str, CountsView]]:
+    out: dict[str, dict[str, CountsView]] = {}
+    for c in counts:
+        out.setdefault(c.window, {})[c.source] = CountsView(
+            c.actions, c.within, c.violations, c.findings
+        )
+    return out
 
 
 def posture_view(report: PostureReport) -> PostureView:
@@ -47,10 +56,7 @@ def posture_view(report: PostureReport) -> PostureView:
         retired=report.retired,
         next_change_at=from_micros(a.next_change_at_us) if a.next_change_at_us else None,
         next_change=a.next_change,
-        windows=[
-            WindowView(c.window, c.source, c.actions, c.within, c.violations, c.findings)
-            for c in a.counts
-        ],
+        windows=_windows(a.counts),
         coverage_permille=report.coverage_permille,
         observed_by=report.observed_by,
         recent_violations=[evidence_view(i) for i in report.recent],

@@ -342,7 +342,8 @@ def next_change(items: Sequence[Item], status: Status, as_of_us: int) -> tuple[i
     """The first instant after `as_of_us` at which, with no new evidence, the band or
     the commitments in force differ from their value at `as_of_us`, and what changes."""
     for at_us, before, after in band_changes(items, status, as_of_us, None, limit=1):
-        return at_us, f"{before} -> {after}"
+        prefix = "band " if before.startswith("band ") else "in force: "
+        return at_us, f"{before} -> {after.removeprefix(prefix)}"
     return None
 
 
