@@ -14,7 +14,11 @@ Then the real paths: publish N signed events through NATS while ingest is
 stopped, start ingest and time the backlog drain (end to end: admit, chain,
 project, commit, ack); export the largest chain; verify the export offline in
 a separate process (`trustledger verify`), reporting entries/s and the peak
-RSS, at two sizes so that constant memory shows as equal RSS.
+RSS, at two sizes so that constant memory shows as equal RSS. Posture: the
+latency of one answer for each busy demo agent beside the time PostgreSQL
+takes only to return that agent's verdict rows (lower is better there, so the
+ratio reads "times the bare fetch"), and a full projections rebuild beside
+the ingest drain of the same events.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ from service.adapters.postgres import LedgerStore
 from service.adapters.publisher import signed_message, subject_for
 from service.app.demo import story
 from service.app.keys import register_key
+from service.app.posture import assess_agent
+from service.app.rebuild import rebuild_projections
 from service.config import Settings
 from service.domain.chain import EntryFields, entry_hash
 from service.domain.events import Event
@@ -285,6 +291,14 @@ async def bench(events: int, workdir: Path) -> list[Row]:
             rows.append(Row("ingest vs PostgreSQL COPY of the same rows", drain, "events/s",
                             "raw COPY", c["pg_copy"]))  # fmt: skip
 
+            rows += await posture_rows(store, evs)
+            print("rebuilding the projections from the log ...", file=sys.stderr)
+            t = time.perf_counter()
+            replayed = await rebuild_projections(store)
+            rebuild = replayed / (time.perf_counter() - t)
+            rows.append(Row(f"projections rebuild ({replayed:,} entries)", rebuild, "entries/s",
+                            "ingest drain, same events", drain))  # fmt: skip
+
             signer = await load_ledger_signer(store, settings)
             small = workdir / "acme-small.jsonl"
             large = workdir / "acme.jsonl"
@@ -319,6 +333,45 @@ async def bench(events: int, workdir: Path) -> list[Row]:
         Row("ceiling: PostgreSQL COPY (500-row transactions)", c["pg_copy"], "rows/s"),
     ]
     return rows + ceilings
+
+
+async def posture_rows(store: LedgerStore, evs: list[Event]) -> list[Row]:
+    """Median latency of one posture answer per demo agent, beside the time the
+    database takes just to hand over that agent's 30 days of verdict rows."""
+    as_of = max(e.occurred_at for e in evs)
+    rows: list[Row] = []
+    for agent in ("billing-bot", "ops-agent"):
+        n = await store.pool.fetchval(
+            "SELECT count(*) FROM action_verdicts WHERE org = 'acme' AND agent = $1", agent
+        )
+        seen = await store.pool.fetchval(
+            "SELECT count(*) FROM observations WHERE org = 'acme' AND agent = $1", agent
+        )
+        answer: list[float] = []
+        fetch: list[float] = []
+        for _ in range(5):
+            t = time.perf_counter()
+            await assess_agent(store, "acme", agent, as_of)
+            answer.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            await store.pool.fetch(
+                "SELECT * FROM action_verdicts WHERE org = 'acme' AND agent = $1"
+                " AND occurred_at > $2 AND occurred_at <= $3",
+                agent,
+                as_of - timedelta(days=30),
+                as_of,
+            )
+            fetch.append(time.perf_counter() - t)
+        rows.append(
+            Row(
+                f"posture answer, {agent} ({n:,} actions, {seen:,} sightings in 30 d)",
+                statistics.median(answer) * 1000,
+                "ms",
+                "fetching its verdict rows alone",
+                statistics.median(fetch) * 1000,
+            )
+        )
+    return rows
 
 
 async def _export(store: LedgerStore, signer: object, path: Path, to_seq: int | None) -> float:

@@ -111,7 +111,8 @@ CREATE INDEX agent_posture_due ON agent_posture (next_change_at) WHERE next_chan
 CREATE INDEX agent_posture_by_band ON agent_posture (band, org, agent);
 
 CREATE TABLE posture_due (
-    org    text NOT NULL,
-    agent  text NOT NULL,
+    org         text NOT NULL,
+    agent       text NOT NULL,
+    generation  bigint NOT NULL DEFAULT 0,  -- bumped by every batch that touches the agent
     PRIMARY KEY (org, agent)
 );

@@ -19,6 +19,7 @@ and passes it down.
 | TRUSTLEDGER_LEDGER_KEY_FILE       | <data dir>/ledger-key.json      |
 | TRUSTLEDGER_CHECKPOINT_INTERVAL_S | 60                              |
 | TRUSTLEDGER_VERIFY_INTERVAL_S     | 30                              |
+| TRUSTLEDGER_POSTURE_INTERVAL_S    | 5                               |
 | TRUSTLEDGER_LOG_LEVEL             | INFO                            |
 | TRUSTLEDGER_LOG_FORMAT            | text (or json)                  |
 """

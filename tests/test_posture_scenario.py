@@ -21,6 +21,7 @@ from conftest import (
     wait_until,
 )
 
+from service.adapters import projection_tables as tables
 from service.adapters.postgres import LedgerStore
 from service.app.posture import reassess_due
 from service.config import Settings
@@ -352,3 +353,24 @@ async def test_scheduler_reassesses_only_agents_due_when_it_ticks(
 def replace_agent(event: ActionPerformed, agent: str) -> ActionPerformed:
     """The same action by another agent, with a new id."""
     return msgspec.structs.replace(event, agent=agent, id=new_id("ev"))
+
+
+async def test_queued_agent_stays_queued_when_new_evidence_arrives_during_its_assessment(
+    service: RunningService, org_key: OrgKeyFactory, publisher: PublisherFactory
+) -> None:
+    """A batch that commits while the scheduler assesses an agent keeps it queued for next tick."""
+    pub = await publisher(await org_key(ORG))
+    start = datetime.now(UTC) - timedelta(minutes=5)
+    await pub.publish(_refund(start, 100))
+    await wait_for_chain(service.store, ORG, 2)
+    pool = service.store.pool
+    taken = await tables.take_due(pool, datetime.now(UTC), 10)
+    assert taken.agents == [(ORG, AGENT)]
+
+    await pub.publish(_refund(start + timedelta(seconds=1), 100))  # lands mid-assessment
+    await wait_for_chain(service.store, ORG, 3)
+    await tables.done_due(pool, taken.generations)
+    assert (await tables.take_due(pool, datetime.now(UTC), 10)).agents == [(ORG, AGENT)]
+
+    await reassess_due(service.store, datetime.now(UTC))
+    assert (await tables.take_due(pool, datetime.now(UTC), 10)).agents == []

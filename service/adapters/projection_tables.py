@@ -354,9 +354,11 @@ async def save_projection(
         )
     if projector.touched:
         orgs, agents = _unzip(projector.touched)
+        # Bumping the generation tells a scheduler that took the row before this
+        # batch committed that its assessment is already stale (see `done_due`).
         await conn.execute(
             "INSERT INTO posture_due (org, agent) SELECT * FROM unnest($1::text[], $2::text[])"
-            " ON CONFLICT DO NOTHING",
+            " ON CONFLICT (org, agent) DO UPDATE SET generation = posture_due.generation + 1",
             orgs,
             agents,
         )
@@ -456,7 +458,8 @@ async def load_evidence(
     known_at: datetime | None,
 ) -> Evidence:
     """The evidence about one agent whose instants can fall in `(after, through]`,
-    as the ledger held it at `known_at` (None: now)."""
+    as the ledger held it at `known_at` (None: now). Evidence after `as_of` still
+    matters to an assessment: it is when the posture next changes."""
     grace = timedelta(microseconds=REPORT_GRACE_US)
     verdicts = [
         _verdict(r)
@@ -564,12 +567,20 @@ class CachedPosture:
     next_change: str | None
 
 
-async def take_due(conn: Conn, tick: datetime, limit: int) -> list[AgentKey]:
-    """Agents to re-assess at `tick`: evidence changed, or a change was due by now."""
+@dataclass(frozen=True, slots=True)
+class Due:
+    """Agents to re-assess, and the queue generations they were taken at."""
+
+    agents: list[AgentKey]
+    generations: dict[AgentKey, int]
+
+
+async def take_due(conn: Conn, tick: datetime, limit: int) -> Due:
+    """Agents to re-assess at `tick`: evidence changed, or a change was due by then.
+
+    Queue rows stay until `done_due`: a scheduler that dies mid-tick loses nothing."""
     queued = await conn.fetch(
-        "DELETE FROM posture_due WHERE (org, agent) IN"
-        " (SELECT org, agent FROM posture_due ORDER BY org, agent LIMIT $1) RETURNING org, agent",
-        limit,
+        "SELECT org, agent, generation FROM posture_due ORDER BY org, agent LIMIT $1", limit
     )
     timed = await conn.fetch(
         "SELECT org, agent FROM agent_posture WHERE next_change_at <= $1"
@@ -577,7 +588,24 @@ async def take_due(conn: Conn, tick: datetime, limit: int) -> list[AgentKey]:
         tick,
         limit,
     )
-    return sorted({(r["org"], r["agent"]) for r in [*queued, *timed]})
+    return Due(
+        sorted({(r["org"], r["agent"]) for r in [*queued, *timed]}),
+        {(r["org"], r["agent"]): r["generation"] for r in queued},
+    )
+
+
+async def done_due(conn: Conn, generations: dict[AgentKey, int]) -> None:
+    """Remove the queue rows assessed, unless ingest queued the agent again meanwhile."""
+    if generations:
+        keys = sorted(generations)
+        await conn.execute(
+            "DELETE FROM posture_due d USING unnest($1::text[], $2::text[], $3::bigint[])"
+            " AS t(org, agent, generation)"
+            " WHERE d.org = t.org AND d.agent = t.agent AND d.generation = t.generation",
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [generations[k] for k in keys],
+        )
 
 
 async def save_cached(conn: Conn, rows: Sequence[CachedPosture]) -> None:

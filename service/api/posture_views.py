@@ -54,7 +54,9 @@ def posture_view(report: PostureReport) -> PostureView:
         mass=a.mass,
         registered=report.registered,
         retired=report.retired,
-        next_change_at=from_micros(a.next_change_at_us) if a.next_change_at_us else None,
+        next_change_at=(
+            from_micros(a.next_change_at_us) if a.next_change_at_us is not None else None
+        ),
         next_change=a.next_change,
         windows=_windows(a.counts),
         coverage_permille=report.coverage_permille,

@@ -188,7 +188,8 @@ async def assess_agent(
 ) -> PostureReport:
     """The posture of one agent at `as_of` from what the ledger held at `known_at`
     (None: everything it holds now)."""
-    evidence = await _evidence(store, org, agent, as_of - _horizon(), as_of, known_at)
+    # Evidence up to a horizon after `as_of` too: it decides when the posture next changes.
+    evidence = await _evidence(store, org, agent, as_of - _horizon(), as_of + _horizon(), known_at)
     items = evidence.items(third_party_only)
     status = status_of(evidence.agent, evidence.commitments, known_at)
     as_of_us = to_micros(as_of)
@@ -286,9 +287,9 @@ async def reassess_due(store: LedgerStore, tick: datetime, limit: int = 500) -> 
     tick or whose posture was due to change by `tick`; update the cache. Returns them."""
     async with translate_errors("taking agents due for re-assessment"):
         due = await tables.take_due(store.pool, tick, limit)
-        before = await tables.cached(store.pool, due)
+        before = await tables.cached(store.pool, due.agents)
     rows: list[tables.CachedPosture] = []
-    for org, agent in due:
+    for org, agent in due.agents:
         try:
             report = await assess_agent(store, org, agent, tick)
         except NotFoundError:
@@ -323,4 +324,5 @@ async def reassess_due(store: LedgerStore, tick: datetime, limit: int = 500) -> 
         )
     async with translate_errors("saving re-assessed postures"):
         await tables.save_cached(store.pool, rows)
-    return due
+        await tables.done_due(store.pool, due.generations)
+    return due.agents

@@ -174,6 +174,7 @@ def status_of(
             continue
         revoked_us = to_micros(history.revoked_at) if history.revoked_at is not None else None
         ordered = sorted(history.versions, key=lambda v: (v.effective_from, v.version))
+        found = len(spans)
         for n, version in enumerate(ordered):
             start = max(to_micros(version.effective_from), to_micros(version.terms.valid_from))
             ends = []
@@ -184,14 +185,10 @@ def status_of(
             end = min(ends) if ends else None
             if end is None or start < end:
                 spans.append(Span(record.commitment_id, start, end, revoked_us))
-    if not spans:
-        # Declared but never in force (e.g. valid_until before valid_from) still counts
-        # as a commitment for the "every commitment revoked" rule.
-        spans = [
-            Span(c.commitment_id, 0, 0, to_micros(h.revoked_at) if h.revoked_at else None)
-            for c in commitments
-            if (h := c.history(known_at)) is not None
-        ]
+        if len(spans) == found:
+            # Declared but never in force (e.g. valid_until before valid_from) still counts
+            # as a commitment for the "every commitment revoked" rule.
+            spans.append(Span(record.commitment_id, 0, 0, revoked_us))
     return Status(retired_at_us, tuple(spans))
 
 
