@@ -71,6 +71,31 @@ async def _publish_agent_traffic(
         ),
         pytest.param("GET", "/v1/quarantine?org=Bad", 400, "invalid-request", id="uppercase-query"),
         pytest.param("POST", "/healthz", 405, "method-not-allowed", id="wrong-method"),
+        pytest.param("GET", "/v1/postures?band=great", 400, "invalid-request", id="no-such-band"),
+        pytest.param(
+            "GET", "/v1/postures?after=acme", 400, "invalid-request", id="after-not-org-agent"
+        ),
+        pytest.param(
+            "GET",
+            "/v1/agents/acme/bot/posture?evidence=hearsay",
+            400,
+            "invalid-request",
+            id="no-such-evidence",
+        ),
+        pytest.param(
+            "GET",
+            "/v1/agents/acme/bot/posture?at=2026-01-01T00:00:00",
+            400,
+            "invalid-request",
+            id="at-without-offset",
+        ),
+        pytest.param(
+            "GET",
+            "/v1/agents/acme/bot/timeline?from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z",
+            400,
+            "invalid-request",
+            id="timeline-from-after-to",
+        ),
     ],
 )
 async def test_problem_details_are_returned_when_request_cannot_be_served(

@@ -47,6 +47,7 @@ from service.domain.chain import to_micros
 from service.domain.checkpoint import verifier_key
 from service.domain.events import SLUG_PATTERN, load_json_strict
 from service.domain.export_format import MEDIA_TYPE as EXPORT_MEDIA_TYPE
+from service.domain.posture import Band
 from service.domain.signing import b64url, from_b64url
 from service.errors import ConfigError, IntegrityError, NotFoundError
 
@@ -63,9 +64,16 @@ def _now(state: State) -> datetime:
     return clock() if clock is not None else datetime.now(UTC)
 
 
-def _instant(value: datetime) -> datetime:
+def _bad_query(name: str, message: str) -> ValidationException:
+    return ValidationException(
+        f"Validation failed: {message}",
+        extra=[{"key": name, "message": message, "source": "query"}],
+    )
+
+
+def _instant(value: datetime, name: str) -> datetime:
     if value.tzinfo is None:
-        raise ValidationException(f"{value.isoformat()} needs a UTC offset (RFC 3339)")
+        raise _bad_query(name, f"{value.isoformat()} needs a UTC offset (RFC 3339)")
     return value.astimezone(UTC)
 
 
@@ -101,8 +109,8 @@ class AgentController(Controller):
             _store(state),
             org,
             agent,
-            _instant(at) if at is not None else _now(state),
-            known_at=_instant(known_at) if known_at is not None else None,
+            _instant(at, "at") if at is not None else _now(state),
+            known_at=_instant(known_at, "known_at") if known_at is not None else None,
             third_party_only=evidence == "third_party",
         )
         return posture_view(report)
@@ -118,10 +126,10 @@ class AgentController(Controller):
         evidence: EvidenceParam = "all",
         limit: Limit = 200,
     ) -> TimelineView:
-        end_at = _instant(end) if end is not None else _now(state)
-        start_at = _instant(start) if start is not None else end_at - timedelta(days=30)
+        end_at = _instant(end, "to") if end is not None else _now(state)
+        start_at = _instant(start, "from") if start is not None else end_at - timedelta(days=30)
         if start_at >= end_at:
-            raise ValidationException("`from` must be before `to`")
+            raise _bad_query("from", "`from` must be before `to`")
         found = await timeline(
             _store(state), org, agent, start_at, end_at, evidence == "third_party", limit
         )
@@ -177,7 +185,7 @@ class PostureListController(Controller):
     async def postures(
         self,
         state: State,
-        band: Annotated[str | None, Parameter(pattern="^[a-z]+$")] = None,
+        band: Annotated[Band | None, QueryParameter(description="only agents in this band")] = None,
         after: Annotated[str | None, Parameter(pattern="^[a-z0-9_-]+/[a-z0-9_-]+$")] = None,
         limit: Limit = 100,
     ) -> PosturesPage:

@@ -284,7 +284,8 @@ async def list_postures(
 
 async def reassess_due(store: LedgerStore, tick: datetime, limit: int = 500) -> list[AgentKey]:
     """Re-assess, as of `tick`, only the agents whose evidence changed since the last
-    tick or whose posture was due to change by `tick`; update the cache. Returns them."""
+    tick or whose posture was due to change by `tick`; update the cache. Returns the
+    agents assessed (an agent with no evidence left in the ledger is skipped)."""
     async with translate_errors("taking agents due for re-assessment"):
         due = await tables.take_due(store.pool, tick, limit)
         before = await tables.cached(store.pool, due.agents)
@@ -298,16 +299,9 @@ async def reassess_due(store: LedgerStore, tick: datetime, limit: int = 500) -> 
         old = before.get((org, agent))
         if old is None or old.band != a.band:
             log.info(
-                "posture band changed",
-                extra={
-                    "org": org,
-                    "agent": agent,
-                    "band_from": old.band if old else None,
-                    "band_to": a.band,
-                    "score": a.score,
-                    "as_of": tick.isoformat(),
-                },
-            )
+                "posture of %s/%s: %s -> %s (score %s, as of %s)",
+                org, agent, old.band if old else "(none)", a.band, a.score, tick.isoformat(),
+            )  # fmt: skip
         rows.append(
             tables.CachedPosture(
                 org=org,
@@ -325,4 +319,4 @@ async def reassess_due(store: LedgerStore, tick: datetime, limit: int = 500) -> 
     async with translate_errors("saving re-assessed postures"):
         await tables.save_cached(store.pool, rows)
         await tables.done_due(store.pool, due.generations)
-    return due.agents
+    return [(r.org, r.agent) for r in rows]
