@@ -11,6 +11,7 @@ DROP TABLE agent_observations;
 TRUNCATE agents, commitments, projection_positions;
 
 ALTER TABLE agents
+    ADD COLUMN registered_received_at timestamptz NOT NULL,
     ADD COLUMN retired_at timestamptz,            -- the retirement's occurred_at
     ADD COLUMN retired_received_at timestamptz;
 

@@ -98,6 +98,7 @@ def _agent(
         "Bot",
         "alice",
         1,
+        T0,
         retired_seq=50 if retired_at is not None else None,
         retired_at=retired_at,
         retired_received_at=retired_received_at,

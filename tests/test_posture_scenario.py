@@ -185,6 +185,13 @@ async def test_posture_moves_trusted_watch_untrusted_revoked_when_agent_drifts_a
     then = charge_entry.received_at.isoformat()
     assert (await _posture(service.http, at=then, known_at=then))["band"] == "untrusted"
     assert (await _posture(service.http, at=then))["band"] == "revoked"
+    # Before the ledger had received anything about the agent it had nothing to say.
+    first = (await chain_entries(service.store, ORG))[1]
+    before_all = (first.received_at - timedelta(microseconds=1)).isoformat()
+    response = await service.http.get(
+        f"/v1/agents/{ORG}/{AGENT}/posture", params={"at": before_all, "known_at": before_all}
+    )
+    assert response.status_code == 404
 
 
 async def test_third_party_posture_counts_only_other_orgs_gateways_when_asked(

@@ -190,23 +190,23 @@ def _eur(minor: int) -> Money:
     [
         pytest.param(
             [_registered()],
-            AgentRecord(ORG, "bot", "Bot", "alice", 1),
+            AgentRecord(ORG, "bot", "Bot", "alice", 1, _received(1)),
             id="registered",
         ),
         pytest.param(
             [_registered(), _registered(name="Other")],
-            AgentRecord(ORG, "bot", "Bot", "alice", 1),
+            AgentRecord(ORG, "bot", "Bot", "alice", 1, _received(1)),
             id="repeat_registration_ignored",
         ),
         pytest.param([_retired()], None, id="retirement_of_unregistered_ignored"),
         pytest.param(
             [_registered(), _retired(T0), _retired(T0 + DAY)],
-            AgentRecord(ORG, "bot", "Bot", "alice", 1, 2, T0, _received(2)),
+            AgentRecord(ORG, "bot", "Bot", "alice", 1, _received(1), 2, T0, _received(2)),
             id="retired_first_retirement_kept",
         ),
         pytest.param(
             [_registered(), _retired(T0), _registered(name="Again")],
-            AgentRecord(ORG, "bot", "Bot", "alice", 1, 2, T0, _received(2)),
+            AgentRecord(ORG, "bot", "Bot", "alice", 1, _received(1), 2, T0, _received(2)),
             id="registration_after_retirement_ignored",
         ),
     ],

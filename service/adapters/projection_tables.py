@@ -72,6 +72,7 @@ def _agent(r: asyncpg.Record) -> AgentRecord:
         r["display_name"],
         r["principal"],
         r["registered_seq"],
+        r["registered_received_at"],
         r["retired_seq"],
         r["retired_at"],
         r["retired_received_at"],
@@ -291,8 +292,9 @@ async def save_projection(
     """Write what the projector changed, its new rows and the chain positions applied."""
     if projector.dirty_agents:
         await conn.executemany(
-            "INSERT INTO agents (org, agent, display_name, principal, registered_seq, retired_seq,"
-            " retired_at, retired_received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            "INSERT INTO agents (org, agent, display_name, principal, registered_seq,"
+            " registered_received_at, retired_seq, retired_at, retired_received_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
             " ON CONFLICT (org, agent) DO UPDATE SET retired_seq = EXCLUDED.retired_seq,"
             " retired_at = EXCLUDED.retired_at, retired_received_at = EXCLUDED.retired_received_at",
             [
@@ -302,6 +304,7 @@ async def save_projection(
                     a.display_name,
                     a.principal,
                     a.registered_seq,
+                    a.registered_received_at,
                     a.retired_seq,
                     a.retired_at,
                     a.retired_received_at,

@@ -80,8 +80,11 @@ async def _evidence(
 ) -> Evidence:
     async with translate_errors("reading posture evidence"):
         evidence = await tables.load_evidence(store.pool, org, agent, after, through, known_at)
+    if known_at is not None:
+        evidence = evidence.known_at(known_at)
     if not (evidence.agent or evidence.commitments or evidence.observations or evidence.verdicts):
-        raise NotFoundError(f"no events about agent {org}/{agent} are in the ledger")
+        when = f" by {known_at.isoformat()}" if known_at is not None else ""
+        raise NotFoundError(f"no events about agent {org}/{agent} were in the ledger{when}")
     return evidence
 
 
@@ -195,13 +198,13 @@ async def assess_agent(
     as_of_us = to_micros(as_of)
     result = assess(items, status, as_of_us)
     counting = [i for i in items if i.at_us <= as_of_us < i.at_us + HORIZON_US]
+    observations = [o for o in evidence.observations if not third_party_only or o.observer != org]
     recent = sorted(
         (i for i in counting if i.severity > 0), key=lambda i: (i.at_us, i.ref), reverse=True
     )[:RECENT_LIMIT]
     observed_by: dict[str, int] = {}
-    for seen in evidence.observations:
-        counts = 0 <= as_of_us - to_micros(seen.occurred_at) < HORIZON_US
-        if counts and (not third_party_only or seen.observer != org):
+    for seen in observations:
+        if 0 <= as_of_us - to_micros(seen.occurred_at) < HORIZON_US:
             observed_by[seen.observer] = observed_by.get(seen.observer, 0) + 1
     positions = _positions(evidence, items, known_at)
     if known_at is None:
@@ -217,7 +220,7 @@ async def assess_agent(
         assessment=result,
         registered=record is not None,
         retired=status.retired_at_us is not None and status.retired_at_us <= as_of_us,
-        coverage_permille=coverage_permille(evidence.verdicts, evidence.observations, as_of_us),
+        coverage_permille=coverage_permille(evidence.verdicts, observations, as_of_us),
         observed_by=dict(sorted(observed_by.items())),
         recent=recent,
         commitments=await _in_force(store, evidence.commitments, result.in_force, as_of, known_at),

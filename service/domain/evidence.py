@@ -224,6 +224,20 @@ class Evidence:
     reports: list[VerdictRow]
     """Self-reports carrying the correlation ids of `observations` (for findings)."""
 
+    def known_at(self, known_at: datetime) -> Evidence:
+        """Without the registration and commitments the ledger had not received by
+        `known_at` (verdicts and observations are filtered when they are loaded)."""
+        agent = self.agent
+        if agent is not None and agent.registered_received_at > known_at:
+            agent = None
+        return Evidence(
+            agent,
+            [c for c in self.commitments if c.history(known_at) is not None],
+            self.verdicts,
+            self.observations,
+            self.reports,
+        )
+
     def items(self, third_party_only: bool = False) -> list[Item]:
         """Every evidence item; with `third_party_only`, only other orgs' gateways'."""
         by_correlation: dict[str, list[VerdictRow]] = {}

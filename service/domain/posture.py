@@ -200,8 +200,7 @@ def _band(status: Status, sums: _Sums, t: int) -> Band:
     if sums.adverse == 0 and sums.mass(t) < MIN_EVIDENCE * HORIZON_US:
         return "unknown"
     score = score_of(good, bad)
-    if score is None:
-        return "unknown"
+    assert score is not None  # something counts: an adverse item, or mass >= MIN_EVIDENCE * H
     if score >= TRUSTED_MIN and not sums.recent_severe(t):
         return "trusted"
     if score >= WATCH_MIN:

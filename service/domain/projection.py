@@ -74,6 +74,7 @@ class AgentRecord:
     display_name: str
     principal: str
     registered_seq: int
+    registered_received_at: datetime
     retired_seq: int | None = None
     retired_at: datetime | None = None
     """The retirement's `occurred_at`."""
@@ -212,7 +213,7 @@ class Projector:
         if isinstance(event, AgentRegistered):
             if key not in self.agents:
                 self.agents[key] = AgentRecord(
-                    event.org, event.agent, event.display_name, event.principal, seq
+                    event.org, event.agent, event.display_name, event.principal, seq, received_at
                 )
                 self.dirty_agents.add(key)
         elif isinstance(event, AgentRetired):
