@@ -111,7 +111,7 @@ def _verdict(r: asyncpg.Record) -> VerdictRow:
         correlation_id=r["correlation_id"],
         within=r["within"],
         severity=r["severity"],
-        violations=tuple(_violations_decoder.decode(r["violations_json"])),
+        violations=(() if r["within"] else tuple(_violations_decoder.decode(r["violations_json"]))),
         covering=r["covering"],
         ref=(r["org"], r["ref_seq"]) if r["ref_seq"] is not None else None,
         charge=charge,
@@ -492,23 +492,26 @@ async def load_evidence(
             grace,
         )
     ]
-    correlations = sorted({o.correlation_id for o in observations if o.correlation_id})
-    reports = (
-        [
+    # The self-reports that settle the observations' findings: those among the
+    # verdicts just loaded, and any with the same correlation ids outside their range.
+    correlations = {o.correlation_id for o in observations if o.correlation_id}
+    reports = [v for v in verdicts if v.correlation_id in correlations]
+    if correlations:
+        reports += [
             _verdict(r)
             for r in await conn.fetch(
-                "SELECT * FROM action_verdicts WHERE org = $1 AND agent = $2"
-                " AND correlation_id = ANY($3::text[])"
-                " AND ($4::timestamptz IS NULL OR received_at <= $4) ORDER BY seq",
+                "SELECT v.* FROM action_verdicts v JOIN unnest($3::text[]) AS c(id)"
+                " ON v.correlation_id = c.id WHERE v.org = $1 AND v.agent = $2"
+                " AND NOT (v.occurred_at > $4 AND v.occurred_at <= $5)"
+                " AND ($6::timestamptz IS NULL OR v.received_at <= $6) ORDER BY v.seq",
                 org,
                 agent,
-                correlations,
+                sorted(correlations),
+                after,
+                through,
                 known_at,
             )
         ]
-        if correlations
-        else []
-    )
     return Evidence(
         agent=await load_agent(conn, org, agent),
         commitments=await load_commitments(conn, org, agent),

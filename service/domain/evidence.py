@@ -31,7 +31,7 @@ from datetime import datetime
 from typing import Final
 
 from service.domain.chain import to_micros
-from service.domain.evaluation import ActionFacts, evaluate
+from service.domain.evaluation import ActionFacts, CommitmentHistory, evaluate
 from service.domain.posture import HORIZON_US, Item, Source, Span, Status
 from service.domain.projection import (
     AgentRecord,
@@ -74,9 +74,33 @@ def _agrees(report: VerdictRow, seen: ObservationRow) -> bool:
     )
 
 
+class KnownHistories:
+    """The agent's commitment histories as known at an instant, computed once per
+    distinct state of knowledge (observations mostly share one)."""
+
+    def __init__(self, commitments: Iterable[CommitmentRecord]) -> None:
+        self._commitments = list(commitments)
+        self._memo: dict[tuple[tuple[int, bool], ...], list[CommitmentHistory]] = {}
+
+    def at(self, known: datetime) -> list[CommitmentHistory]:
+        key = tuple(
+            (
+                sum(1 for v in c.versions if v.received_at <= known),
+                c.revoked_received_at is not None and c.revoked_received_at <= known,
+            )
+            for c in self._commitments
+        )
+        found = self._memo.get(key)
+        if found is None:
+            found = self._memo[key] = [
+                h for c in self._commitments if (h := c.history(known)) is not None
+            ]
+        return found
+
+
 def observation_items(
     seen: ObservationRow,
-    commitments: Iterable[CommitmentRecord],
+    commitments: Iterable[CommitmentRecord] | KnownHistories,
     agent: AgentRecord | None,
     reports: Sequence[VerdictRow],
 ) -> list[Item]:
@@ -85,7 +109,9 @@ def observation_items(
     `reports` are the agent's self-reports with the observation's correlation id
     (any received time; only those received by the deadline count)."""
     known = seen.received_at
-    histories = [h for c in commitments if (h := c.history(known)) is not None]
+    if not isinstance(commitments, KnownHistories):
+        commitments = KnownHistories(commitments)
+    histories = commitments.at(known)
     retired = (
         agent is not None
         and agent.retired_received_at is not None
@@ -245,12 +271,13 @@ class Evidence:
             if r.correlation_id is not None:
                 by_correlation.setdefault(r.correlation_id, []).append(r)
         items = [] if third_party_only else [verdict_item(v) for v in self.verdicts]
+        known = KnownHistories(self.commitments)
         for seen in self.observations:
             if third_party_only and source_of(seen.observer, seen.org) != "third_party":
                 continue
             items += observation_items(
                 seen,
-                self.commitments,
+                known,
                 self.agent,
                 by_correlation.get(seen.correlation_id or "", []),
             )

@@ -194,7 +194,11 @@ def score_of(good: int, bad: int) -> int | None:
 
 
 def _band(status: Status, sums: _Sums, t: int) -> Band:
-    if status.revoked_at(t):
+    return _band_of(status.revoked_at(t), sums, t)
+
+
+def _band_of(revoked: bool, sums: _Sums, t: int) -> Band:
+    if revoked:
         return "revoked"
     good, bad = sums.good(t), sums.bad(t)
     if sums.adverse == 0 and sums.mass(t) < MIN_EVIDENCE * HORIZON_US:
@@ -252,24 +256,28 @@ def _sums(items: Iterable[Item]) -> _Sums:
 
 def window_counts(items: Sequence[Item], as_of_us: int) -> tuple[WindowCounts, ...]:
     """Per window and source: actions, of which within bounds / in violation, and findings."""
-    out: list[WindowCounts] = []
-    for name, length in WINDOWS:
-        for source in ("self", "third_party"):
-            inside = [
-                i for i in items if i.source == source and as_of_us - length < i.at_us <= as_of_us
-            ]
-            actions = [i for i in inside if i.kind == "action"]
-            out.append(
-                WindowCounts(
-                    window=name,
-                    source=source,
-                    actions=len(actions),
-                    within=sum(1 for i in actions if i.severity == 0),
-                    violations=sum(1 for i in actions if i.severity > 0),
-                    findings=len(inside) - len(actions),
-                )
-            )
-    return tuple(out)
+    sources: tuple[Source, ...] = ("self", "third_party")
+    # [window][source] -> [actions, within, violations, findings], in one pass
+    tally = [[[0, 0, 0, 0] for _ in sources] for _ in WINDOWS]
+    for i in items:
+        age = as_of_us - i.at_us
+        if age < 0:
+            continue
+        column = 0 if i.kind != "action" else 1 if i.severity == 0 else 2
+        s = sources.index(i.source)
+        for w, (_, length) in enumerate(WINDOWS):
+            if age < length:
+                counts = tally[w][s]
+                if column:
+                    counts[0] += 1
+                    counts[column] += 1
+                else:
+                    counts[3] += 1
+    return tuple(
+        WindowCounts(name, source, *tally[w][s])
+        for w, (name, _) in enumerate(WINDOWS)
+        for s, source in enumerate(sources)
+    )
 
 
 def assess(items: Sequence[Item], status: Status, as_of_us: int) -> Assessment:
@@ -346,6 +354,10 @@ def next_change(items: Sequence[Item], status: Status, as_of_us: int) -> tuple[i
     return None
 
 
+_STATUS = -1
+_CAP = -2
+
+
 def band_changes(
     items: Sequence[Item],
     status: Status,
@@ -363,20 +375,25 @@ def band_changes(
     leave = [
         (i.at_us + HORIZON_US, n) for n, i in enumerate(items) if i.at_us + HORIZON_US > from_us
     ]
+    # (instant, sign, index): sign +1 an item enters, -1 it leaves; 0 with index
+    # _STATUS a status breakpoint, with _CAP the end of a recent-severe cap.
     heap: list[tuple[int, int, int]] = [(t, 1, n) for t, n in enter]
     heap += [(t, -1, n) for t, n in leave]
-    heap += [(t, 0, -1) for t in status.breakpoints() if t > from_us]
+    heap += [(t, 0, _STATUS) for t in status.breakpoints() if t > from_us]
     heap += [
-        (i.at_us + RECENT_SEVERE_US, 0, -1)
+        (i.at_us + RECENT_SEVERE_US, 0, _CAP)
         for i in items
         if i.severity == 3 and i.at_us + RECENT_SEVERE_US > from_us
     ]
     heapq.heapify(heap)
     sums = _sums(_counting(items, from_us))
+    # Retirement, revocations and validity change only at status breakpoints: keep
+    # them between those instead of recomputing them at every item's breakpoint.
+    revoked = status.revoked_at(from_us)
+    forced = f"in force: {', '.join(status.in_force(from_us)) or '(none)'}"
 
     def state(t: int) -> tuple[str, str]:
-        forced = status.in_force(t)
-        return f"band {_band(status, sums, t)}", f"in force: {', '.join(forced) or '(none)'}"
+        return f"band {_band_of(revoked, sums, t)}", forced
 
     current = state(from_us)
     changes: list[tuple[int, str, str]] = []
@@ -400,10 +417,16 @@ def band_changes(
                 return changes[:limit]
         if nxt is None or (to_us is not None and nxt > to_us):
             return changes
+        status_moved = False
         while heap and heap[0][0] == nxt:
             _, sign, n = heapq.heappop(heap)
             if sign:
                 sums.add(items[n], sign)
+            elif n == _STATUS:
+                status_moved = True
+        if status_moved:
+            revoked = status.revoked_at(nxt)
+            forced = f"in force: {', '.join(status.in_force(nxt)) or '(none)'}"
         t = nxt
         if record(t):
             return changes[:limit]
