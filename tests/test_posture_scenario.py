@@ -61,6 +61,20 @@ def _terms(start: datetime, valid_until: datetime | None = None) -> CommitmentTe
     )
 
 
+def _declared(
+    at: datetime, agent: str = AGENT, valid_until: datetime | None = None
+) -> CommitmentDeclared:
+    """The `refunds` commitment (valid from `at`), declared at `at`."""
+    return CommitmentDeclared(
+        id=new_id("decl"),
+        org=ORG,
+        occurred_at=at,
+        agent=agent,
+        commitment_id="refunds",
+        terms=_terms(at, valid_until),
+    )
+
+
 def _refund(t: datetime, amount_minor: int, action: str = "payments.refund") -> ActionPerformed:
     return ActionPerformed(
         id=new_id("act"),
@@ -106,14 +120,7 @@ async def test_posture_moves_trusted_watch_untrusted_revoked_when_agent_drifts_a
             display_name="Refund bot",
             principal="treasury@acme.test",
         ),
-        CommitmentDeclared(
-            id=new_id("decl"),
-            org=ORG,
-            occurred_at=next(clock),
-            agent=AGENT,
-            commitment_id="refunds",
-            terms=_terms(start),
-        ),
+        _declared(next(clock)),
     )
     body = await _posture(service.http)
     assert body["band"] == "unknown"  # committed, but no evidence yet
@@ -202,14 +209,7 @@ async def test_third_party_posture_counts_only_other_orgs_gateways_when_asked(
     gateway_pub = await publisher(await org_key(GATEWAY_ORG))
     start = datetime.now(UTC) - timedelta(hours=2)
     events: list[Event] = [
-        CommitmentDeclared(
-            id=new_id("decl"),
-            org=ORG,
-            occurred_at=start,
-            agent=AGENT,
-            commitment_id="refunds",
-            terms=_terms(start),
-        ),
+        _declared(start),
         *[_refund(start + timedelta(seconds=n), 100) for n in range(1, 6)],
     ]
     for event in events:
@@ -291,16 +291,7 @@ async def test_scheduler_lists_agents_by_band_when_their_evidence_arrives(
     _, http = scheduled_service
     pub = await publisher(await org_key(ORG))
     start = datetime.now(UTC) - timedelta(minutes=5)
-    await pub.publish(
-        CommitmentDeclared(
-            id=new_id("decl"),
-            org=ORG,
-            occurred_at=start,
-            agent=AGENT,
-            commitment_id="refunds",
-            terms=_terms(start),
-        )
-    )
+    await pub.publish(_declared(start))
     for n in range(4):
         await pub.publish(_refund(start + timedelta(seconds=n + 1), 100))
 
@@ -322,16 +313,7 @@ async def test_scheduler_reassesses_only_agents_due_when_it_ticks(
     expires = start + timedelta(hours=1)  # a3's commitment ends then
     events: list[Event] = []
     for agent in agents:
-        events.append(
-            CommitmentDeclared(
-                id=new_id("decl"),
-                org=ORG,
-                occurred_at=start,
-                agent=agent,
-                commitment_id="refunds",
-                terms=_terms(start, expires if agent == "a3" else None),
-            )
-        )
+        events.append(_declared(start, agent, expires if agent == "a3" else None))
         events += [
             replace_agent(_refund(start + timedelta(seconds=n + 1), 100), agent) for n in range(4)
         ]
