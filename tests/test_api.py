@@ -96,6 +96,13 @@ async def _publish_agent_traffic(
             "invalid-request",
             id="timeline-from-after-to",
         ),
+        pytest.param(
+            "GET",
+            "/v1/agents/acme/bot/timeline?from=2025-01-01T00:00:00Z&to=2026-01-01T00:00:00Z",
+            400,
+            "invalid-request",
+            id="timeline-too-long",
+        ),
     ],
 )
 async def test_problem_details_are_returned_when_request_cannot_be_served(

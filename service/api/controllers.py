@@ -52,6 +52,8 @@ from service.domain.signing import b64url, from_b64url
 from service.errors import ConfigError, IntegrityError, NotFoundError
 
 SlugParam = Annotated[str, Parameter(pattern=SLUG_PATTERN)]
+MAX_TIMELINE = timedelta(days=92)
+"""A timeline reads evidence from 30 days before `from` to `to`: bounded, like a page."""
 EvidenceParam = Annotated[
     Literal["all", "third_party"], QueryParameter(description="whose evidence counts")
 ]
@@ -130,6 +132,10 @@ class AgentController(Controller):
         start_at = _instant(start, "from") if start is not None else end_at - timedelta(days=30)
         if start_at >= end_at:
             raise _bad_query("from", "`from` must be before `to`")
+        if end_at - start_at > MAX_TIMELINE:
+            raise _bad_query(
+                "from", f"a timeline spans at most {MAX_TIMELINE.days} days; ask for several"
+            )
         found = await timeline(
             _store(state), org, agent, start_at, end_at, evidence == "third_party", limit
         )
