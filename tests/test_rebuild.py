@@ -1,22 +1,33 @@
-"""Rebuild equals incremental: 50,000 mixed events ingested batch by batch, then replayed."""
+"""Rebuild equals incremental: 50,000 mixed events ingested batch by batch, then replayed;
+and a database upgraded from the first projection catches up from its log."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+import secrets
+import shutil
+from dataclasses import replace
 from datetime import datetime, timedelta
+from pathlib import Path
 
-from conftest import OrgKeyFactory
+import asyncpg
+from conftest import OrgKeyFactory, Servers, database_url, pg_execute, wait_until
 from mixed_traffic import AGENT_ORGS, GATEWAY_ORGS, START, mixed_traffic
 
+from service.adapters.embedded import free_tcp_port
+from service.adapters.migrations import migrate, migrations_dir
 from service.adapters.postgres import LedgerStore
 from service.adapters.publisher import signed_message, subject_for
 from service.app.ingest import ingest_batch
 from service.app.posture import assess_agent
 from service.app.rebuild import rebuild_projections
+from service.config import Settings
 from service.domain.admission import KEY_ID_HEADER, SIGNATURE_HEADER, Incoming
 from service.domain.evaluation import SEVERITY
 from service.domain.events import Event
 from service.domain.signing import SigningKey
+from service.roles import Roles, run_roles
 
 EVENTS = 50_000
 PREFIX = "tl"
@@ -103,3 +114,70 @@ async def test_rebuilt_projections_equal_incremental_ones_when_50k_mixed_events_
     assert await store.dump_projections() == incremental
     after = [await assess_agent(store, org, "agent-03", as_of) for org in AGENT_ORGS]
     assert after == before
+
+
+# ---- upgrading a database from the first projection -------------------------------------------
+
+
+async def test_ingest_start_rebuilds_projections_when_upgraded_from_the_first_projection(
+    servers: Servers, settings: Settings, store: LedgerStore, org_key: OrgKeyFactory, tmp_path: Path
+) -> None:
+    """A 0003 database with a log gets 0004 (projections emptied); ingest's start rebuilds them."""
+    keys = {org: await org_key(org) for org in (*AGENT_ORGS, *GATEWAY_ORGS)}
+    events = mixed_traffic(2_000, seed=3)
+    messages = _messages(events, keys)
+    for i in range(0, len(messages), 300):
+        await ingest_batch(store, messages[i : i + 300], PREFIX)
+    expected = await store.dump_projections()
+
+    # The same log in a database that has only the first three migrations.
+    old_dir = tmp_path / "migrations"
+    old_dir.mkdir()
+    for path in sorted(migrations_dir().glob("000[123]_*.sql")):
+        shutil.copy(path, old_dir)
+    name = f"tl_{secrets.token_hex(6)}"
+    await pg_execute(servers.database_url, f'CREATE DATABASE "{name}"')
+    upgraded = database_url(servers.database_url, name)
+    try:
+        await migrate(upgraded, old_dir)
+        source = await asyncpg.connect(settings.database_url)
+        target = await asyncpg.connect(upgraded)
+        try:
+            for table in ("chains", "ledger_entries", "publisher_keys"):
+                rows = await source.fetch(f"SELECT * FROM {table}")
+                columns = list(rows[0].keys())
+                await target.copy_records_to_table(
+                    table, records=[tuple(r.values()) for r in rows], columns=columns
+                )
+            # A row of the first projection, which 0004 drops.
+            await target.execute(
+                "INSERT INTO agent_posture (org, agent, actions_total) VALUES ('alpha', 'x', 1)"
+            )
+        finally:
+            await source.close()
+            await target.close()
+
+        stop = asyncio.Event()
+        role = asyncio.create_task(
+            run_roles(
+                replace(settings, database_url=upgraded, port=free_tcp_port()),
+                Roles(api=False, ingest=True, scheduler=False),
+                stop,
+            )
+        )
+        upgraded_store = await LedgerStore.connect(upgraded, max_size=2)
+        try:
+
+            async def caught_up() -> bool:
+                if role.done():
+                    role.result()
+                return await upgraded_store.projections_behind() == []
+
+            await wait_until(caught_up, 60, "the upgraded projections to catch up")
+            assert await upgraded_store.dump_projections() == expected
+        finally:
+            stop.set()
+            await asyncio.wait_for(role, 20)
+            await upgraded_store.close()
+    finally:
+        await pg_execute(servers.database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
