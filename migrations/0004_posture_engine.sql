@@ -40,6 +40,7 @@ CREATE TABLE commitment_windows (
     agent          text NOT NULL,
     commitment_id  text NOT NULL,
     cutoff         timestamptz,             -- NULL: nothing pruned yet
+    charged_seq    bigint NOT NULL,         -- the newest verdict charged (a version of the window)
     PRIMARY KEY (org, agent, commitment_id)
 );
 

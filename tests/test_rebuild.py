@@ -8,10 +8,12 @@ import random
 import secrets
 import shutil
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+import msgspec
+import pytest
 from conftest import OrgKeyFactory, Servers, database_url, pg_execute, wait_until
 from mixed_traffic import AGENT_ORGS, GATEWAY_ORGS, START, mixed_traffic
 
@@ -25,7 +27,7 @@ from service.app.rebuild import rebuild_projections
 from service.config import Settings
 from service.domain.admission import KEY_ID_HEADER, SIGNATURE_HEADER, Incoming
 from service.domain.evaluation import SEVERITY
-from service.domain.events import Event
+from service.domain.events import ActionPerformed, Event
 from service.domain.signing import SigningKey
 from service.roles import Roles, run_roles
 
@@ -181,3 +183,56 @@ async def test_ingest_start_rebuilds_projections_when_upgraded_from_the_first_pr
             await upgraded_store.close()
     finally:
         await pg_execute(servers.database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# ---- the ingest process's window cache --------------------------------------------------------
+
+
+async def test_window_cache_is_reused_and_not_poisoned_when_a_batch_rolls_back(
+    store: LedgerStore, org_key: OrgKeyFactory
+) -> None:
+    """Batches reuse the cached window; a batch that rolls back leaves the database's window."""
+    keys = {org: await org_key(org) for org in (*AGENT_ORGS, *GATEWAY_ORGS)}
+    events = mixed_traffic(600, seed=5)
+    messages = _messages(events, keys)
+    for i in range(0, len(messages), 100):
+        await ingest_batch(store, messages[i : i + 100], PREFIX)
+    assert store.windows.hits > 0
+
+    agent = next(
+        (e.org, e.agent)
+        for e in reversed(events)
+        if isinstance(e, ActionPerformed) and e.amount and e.amount.currency == "USD"
+    )
+
+    async def window_entries() -> dict[str, list[tuple[datetime, int]]]:
+        async with store.transaction() as tx:
+            projector = await tx.load_projection([agent])
+            await tx.save_projection(projector, {})  # hands the windows back to the cache
+        return {cid: w.entries() for cid, w in projector.windows.get(agent, {}).items()}
+
+    before = await window_entries()
+    assert before, "the agent has a charged window"
+
+    class Abort(Exception):
+        pass
+
+    extra = msgspec.structs.replace(
+        next(
+            e
+            for e in reversed(events)
+            if isinstance(e, ActionPerformed) and (e.org, e.agent) == agent
+        ),
+        id="late-extra",
+    )
+
+    async def charge_then_roll_back() -> None:
+        async with store.transaction() as tx:
+            projector = await tx.load_projection([agent])
+            projector.apply(extra, agent[0], 10**9, datetime.now(UTC))
+            assert projector.dirty_windows  # the cached window object was charged
+            raise Abort
+
+    with pytest.raises(Abort):
+        await charge_then_roll_back()
+    assert await window_entries() == before

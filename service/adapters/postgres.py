@@ -130,8 +130,11 @@ async def translate_errors(action: str) -> AsyncIterator[None]:
 class LedgerTx:
     """The operations of one batch transaction. Obtain through `LedgerStore.transaction`."""
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(
+        self, conn: asyncpg.Connection, windows: projection_tables.WindowCache | None = None
+    ) -> None:
         self._conn = conn
+        self._windows = windows
 
     async def lock_chains(
         self, orgs: Iterable[str], existing_only: Iterable[str] = ()
@@ -251,11 +254,11 @@ class LedgerTx:
 
     async def load_projection(self, keys: Iterable[AgentKey]) -> Projector:
         """The evidence state of the given agents, ready for `Projector.apply`."""
-        return await projection_tables.load_projection(self._conn, keys)
+        return await projection_tables.load_projection(self._conn, keys, self._windows)
 
     async def save_projection(self, projector: Projector, positions: dict[str, int]) -> None:
         """Write what the projector changed, and the chain positions it has applied."""
-        await projection_tables.save_projection(self._conn, projector, positions)
+        await projection_tables.save_projection(self._conn, projector, positions, self._windows)
 
 
 async def _load_keys(conn: asyncpg.Connection | asyncpg.Pool) -> dict[str, PublisherKey]:
@@ -310,6 +313,8 @@ class LedgerStore:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        self.windows = projection_tables.WindowCache()
+        """This process's rolling windows between batches (see `WindowCache`)."""
 
     @classmethod
     async def connect(cls, dsn: str, min_size: int = 1, max_size: int = 10) -> LedgerStore:
@@ -328,7 +333,7 @@ class LedgerStore:
             self._pool.acquire() as conn,
             conn.transaction(),
         ):
-            yield LedgerTx(conn)
+            yield LedgerTx(conn, self.windows)
 
     async def ping(self) -> None:
         async with translate_errors("PostgreSQL health check"):

@@ -8,6 +8,7 @@ driver errors (`postgres.translate_errors`).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,6 +24,7 @@ from service.domain.evidence import REPORT_GRACE_US, Evidence
 from service.domain.projection import (
     AgentKey,
     AgentRecord,
+    CommitmentKey,
     CommitmentRecord,
     ObservationRow,
     Projector,
@@ -161,7 +163,41 @@ async def _commitment_records(
     return out
 
 
-async def load_projection(conn: Conn, keys: Iterable[AgentKey]) -> Projector:
+class WindowCache:
+    """Rolling windows kept between batches by one ingest process.
+
+    Restoring a window reads every charge after its cutoff (up to a day or more
+    of actions), which dominated a batch's reads. An entry is used only when its
+    `charged_seq` equals the database's, so a window that another process, a
+    rebuild or a lost commit changed is restored again. `take` removes the
+    entry: the batch owns the window, mutates it, and `put` returns it with its
+    new seq when the batch is saved; if the batch rolls back instead, the entry
+    is simply gone, never stale."""
+
+    def __init__(self, max_windows: int = 50_000) -> None:
+        self._entries: OrderedDict[CommitmentKey, tuple[int, RollingWindow]] = OrderedDict()
+        self._max = max_windows
+        self.hits = 0
+        self.misses = 0
+
+    def take(self, key: CommitmentKey, charged_seq: int) -> RollingWindow | None:
+        found = self._entries.pop(key, None)
+        if found is not None and found[0] == charged_seq:
+            self.hits += 1
+            return found[1]
+        self.misses += 1
+        return None
+
+    def put(self, key: CommitmentKey, charged_seq: int, window: RollingWindow) -> None:
+        self._entries[key] = (charged_seq, window)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+
+async def load_projection(
+    conn: Conn, keys: Iterable[AgentKey], cache: WindowCache | None = None
+) -> Projector:
     """The evidence state of the given agents, ready for `Projector.apply`."""
     projector = Projector()
     orgs, agents = _unzip(keys)
@@ -170,37 +206,57 @@ async def load_projection(conn: Conn, keys: Iterable[AgentKey]) -> Projector:
     for r in await conn.fetch(f"SELECT * FROM agents {_AGENT_KEYS}", orgs, agents):
         projector.agents[(r["org"], r["agent"])] = _agent(r)
     projector.commitments = await _commitment_records(conn, orgs, agents)
-    cutoffs: dict[tuple[str, str, str], datetime | None] = {
-        (r["org"], r["agent"], r["commitment_id"]): r["cutoff"]
-        for r in await conn.fetch(
-            f"SELECT org, agent, commitment_id, cutoff FROM commitment_windows {_AGENT_KEYS}",
-            orgs,
-            agents,
-        )
-    }
-    charges: dict[tuple[str, str, str], list[tuple[int, int]]] = {k: [] for k in cutoffs}
+    stale: dict[CommitmentKey, datetime | None] = {}
     for r in await conn.fetch(
-        "SELECT v.org, v.agent, v.charge_commitment, v.occurred_at, v.charge_amount"
-        f" FROM action_verdicts v {_AGENT_KEYS}"
-        " JOIN commitment_windows w ON w.org = v.org AND w.agent = v.agent"
-        " AND w.commitment_id = v.charge_commitment"
-        " WHERE v.charge_commitment IS NOT NULL AND (w.cutoff IS NULL OR v.occurred_at > w.cutoff)",
+        "SELECT org, agent, commitment_id, cutoff, charged_seq"
+        f" FROM commitment_windows {_AGENT_KEYS}",
         orgs,
         agents,
+    ):
+        key = (r["org"], r["agent"], r["commitment_id"])
+        projector.window_seqs[key] = r["charged_seq"]
+        window = cache.take(key, r["charged_seq"]) if cache is not None else None
+        if window is None:
+            stale[key] = r["cutoff"]
+        else:
+            projector.windows.setdefault(key[:2], {})[key[2]] = window
+    if stale:
+        await _restore_windows(conn, projector, stale)
+    return projector
+
+
+async def _restore_windows(
+    conn: Conn, projector: Projector, cutoffs: dict[CommitmentKey, datetime | None]
+) -> None:
+    """Rebuild windows from their cutoff and the charges after it."""
+    keys = sorted(cutoffs)
+    charges: dict[CommitmentKey, list[tuple[int, int]]] = {k: [] for k in keys}
+    for r in await conn.fetch(
+        "SELECT v.charge_commitment, v.org, v.agent, v.occurred_at, v.charge_amount"
+        " FROM action_verdicts v"
+        " JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(org, agent, commitment_id)"
+        " ON v.org = k.org AND v.agent = k.agent AND v.charge_commitment = k.commitment_id"
+        " JOIN commitment_windows w ON w.org = k.org AND w.agent = k.agent"
+        " AND w.commitment_id = k.commitment_id"
+        " WHERE w.cutoff IS NULL OR v.occurred_at > w.cutoff",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [k[2] for k in keys],
     ):
         charges[(r["org"], r["agent"], r["charge_commitment"])].append(
             (to_micros(r["occurred_at"]), r["charge_amount"])
         )
-    for (org, agent, cid), cutoff in cutoffs.items():
+    for key in keys:
+        org, agent, cid = key
         history = projector.commitments[(org, agent)][cid].history()
         horizon_s = history.horizon_s() if history is not None else 0
+        cutoff = cutoffs[key]
         projector.windows.setdefault((org, agent), {})[cid] = RollingWindow.restore(
             horizon_s,
             LATE_GRACE_S,
             to_micros(cutoff) if cutoff is not None else None,
-            charges[(org, agent, cid)],
+            charges[key],
         )
-    return projector
 
 
 def _verdict_record(v: VerdictRow) -> tuple[object, ...]:
@@ -287,9 +343,13 @@ def _observation_record(o: ObservationRow) -> tuple[object, ...]:
 
 
 async def save_projection(
-    conn: asyncpg.Connection, projector: Projector, positions: dict[str, int]
+    conn: asyncpg.Connection,
+    projector: Projector,
+    positions: dict[str, int],
+    cache: WindowCache | None = None,
 ) -> None:
-    """Write what the projector changed, its new rows and the chain positions applied."""
+    """Write what the projector changed, its new rows and the chain positions applied;
+    hand the windows back to `cache` with their new versions."""
     if projector.dirty_agents:
         await conn.executemany(
             "INSERT INTO agents (org, agent, display_name, principal, registered_seq,"
@@ -347,14 +407,25 @@ async def save_projection(
     await append_rows(conn, projector)
     if projector.dirty_windows:
         await conn.executemany(
-            "INSERT INTO commitment_windows (org, agent, commitment_id, cutoff)"
-            " VALUES ($1, $2, $3, $4) ON CONFLICT (org, agent, commitment_id)"
-            " DO UPDATE SET cutoff = EXCLUDED.cutoff",
+            "INSERT INTO commitment_windows (org, agent, commitment_id, cutoff, charged_seq)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (org, agent, commitment_id)"
+            " DO UPDATE SET cutoff = EXCLUDED.cutoff, charged_seq = EXCLUDED.charged_seq",
             [
-                (org, agent, cid, _instant(projector.windows[(org, agent)][cid].cutoff_us))
+                (
+                    org,
+                    agent,
+                    cid,
+                    _instant(projector.windows[(org, agent)][cid].cutoff_us),
+                    projector.window_seqs[(org, agent, cid)],
+                )
                 for org, agent, cid in sorted(projector.dirty_windows)
             ],
         )
+    if cache is not None:
+        for (org, agent), by_id in projector.windows.items():
+            for cid, window in by_id.items():
+                key = (org, agent, cid)
+                cache.put(key, projector.window_seqs[key], window)
     if projector.touched:
         orgs, agents = _unzip(projector.touched)
         # Bumping the generation tells a scheduler that took the row before this

@@ -184,6 +184,8 @@ class Projector:
     agents: dict[AgentKey, AgentRecord] = field(default_factory=dict)
     commitments: dict[AgentKey, dict[str, CommitmentRecord]] = field(default_factory=dict)
     windows: dict[AgentKey, dict[str, RollingWindow]] = field(default_factory=dict)
+    window_seqs: dict[CommitmentKey, int] = field(default_factory=dict)
+    """The seq of the newest verdict charged to each window: the window's version."""
     dirty_agents: set[AgentKey] = field(default_factory=set)
     dirty_commitments: set[CommitmentKey] = field(default_factory=set)
     dirty_windows: set[CommitmentKey] = field(default_factory=set)
@@ -282,7 +284,9 @@ class Projector:
         )
         record(usage, verdict, LATE_GRACE_S)
         if verdict.charge is not None:
-            self.dirty_windows.add((*key, verdict.charge.commitment_id))
+            charged = (*key, verdict.charge.commitment_id)
+            self.window_seqs[charged] = seq
+            self.dirty_windows.add(charged)
         self.new_verdicts.append(_verdict_row(event, seq, received_at, verdict))
 
     def _observed(self, event: ActionObserved, chain: str, seq: int, received_at: datetime) -> None:
