@@ -107,6 +107,7 @@ CREATE TABLE agent_posture (
     confidence      integer NOT NULL,
     next_change_at  timestamptz,
     next_change     text,
+    report_json     text NOT NULL,          -- the whole assessment, served by ?max_age_s=
     PRIMARY KEY (org, agent)
 );
 CREATE INDEX agent_posture_due ON agent_posture (next_change_at) WHERE next_change_at IS NOT NULL;

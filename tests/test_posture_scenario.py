@@ -363,3 +363,44 @@ async def test_queued_agent_stays_queued_when_new_evidence_arrives_during_its_as
 
     await reassess_due(service.store, datetime.now(UTC))
     assert (await tables.take_due(pool, datetime.now(UTC), 10)).agents == []
+
+
+async def test_recent_assessment_is_served_when_fresh_and_no_evidence_arrived_since(
+    service: RunningService, org_key: OrgKeyFactory, publisher: PublisherFactory
+) -> None:
+    """`max_age_s` serves the scheduler's assessment, identical to a live one at its tick."""
+    pub = await publisher(await org_key(ORG))
+    start = datetime.now(UTC) - timedelta(minutes=5)
+    events: list[Event] = [
+        _declared(start),
+        *[_refund(start + timedelta(seconds=n), 300) for n in range(1, 6)],
+    ]
+    events.append(_refund(start + timedelta(seconds=9), 300, "payments.charge"))
+    for event in events:
+        await pub.publish(event)
+    await wait_for_chain(service.store, ORG, 1 + len(events))
+
+    tick = datetime.now(UTC)
+    assert await reassess_due(service.store, tick) == [(ORG, AGENT)]
+    served = await _posture(service.http, max_age_s="3600")
+    assert datetime.fromisoformat(served["as_of"]) == tick
+    assert served == await _posture(service.http, at=tick.isoformat())
+    assert served["band"] == "untrusted"  # the forbidden charge
+
+    # Too old for the caller: assessed live.
+    live = await _posture(service.http, max_age_s="0")
+    assert datetime.fromisoformat(live["as_of"]) > tick
+
+    # Evidence arrived since the tick: assessed live, and the new action counts.
+    await pub.publish(_refund(start + timedelta(seconds=20), 300))
+    await wait_for_chain(service.store, ORG, 2 + len(events))
+    fresh = await _posture(service.http, max_age_s="3600")
+    assert datetime.fromisoformat(fresh["as_of"]) > tick
+    assert (
+        fresh["windows"]["1h"]["self"]["actions"] == served["windows"]["1h"]["self"]["actions"] + 1
+    )
+
+    response = await service.http.get(
+        f"/v1/agents/{ORG}/{AGENT}/posture", params={"max_age_s": 60, "evidence": "third_party"}
+    )
+    assert response.status_code == 400

@@ -685,14 +685,16 @@ async def done_due(conn: Conn, generations: dict[AgentKey, int]) -> None:
         )
 
 
-async def save_cached(conn: Conn, rows: Sequence[CachedPosture]) -> None:
+async def save_cached(conn: Conn, rows: Sequence[tuple[CachedPosture, str]]) -> None:
+    """Store each agent's latest assessment: its summary and the whole report (JSON)."""
     if rows:
         await conn.executemany(
             "INSERT INTO agent_posture (org, agent, as_of, band, score, confidence,"
-            " next_change_at, next_change) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            " next_change_at, next_change, report_json) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
             " ON CONFLICT (org, agent) DO UPDATE SET as_of = EXCLUDED.as_of,"
             " band = EXCLUDED.band, score = EXCLUDED.score, confidence = EXCLUDED.confidence,"
-            " next_change_at = EXCLUDED.next_change_at, next_change = EXCLUDED.next_change",
+            " next_change_at = EXCLUDED.next_change_at, next_change = EXCLUDED.next_change,"
+            " report_json = EXCLUDED.report_json",
             [
                 (
                     p.org,
@@ -703,23 +705,41 @@ async def save_cached(conn: Conn, rows: Sequence[CachedPosture]) -> None:
                     p.confidence,
                     p.next_change_at,
                     p.next_change,
+                    report,
                 )
-                for p in rows
+                for p, report in rows
             ],
         )
 
 
+_CACHED_COLUMNS = "org, agent, as_of, band, score, confidence, next_change_at, next_change"
+
+
 async def cached(conn: Conn, keys: Iterable[AgentKey]) -> dict[AgentKey, CachedPosture]:
     orgs, agents = _unzip(keys)
-    rows = await conn.fetch(f"SELECT * FROM agent_posture {_AGENT_KEYS}", orgs, agents)
+    rows = await conn.fetch(
+        f"SELECT {_CACHED_COLUMNS} FROM agent_posture {_AGENT_KEYS}", orgs, agents
+    )
     return {(r["org"], r["agent"]): CachedPosture(**dict(r)) for r in rows}
+
+
+async def cached_report(conn: Conn, org: str, agent: str) -> tuple[datetime, str, bool] | None:
+    """The latest assessment's instant and report, and whether evidence arrived since."""
+    r = await conn.fetchrow(
+        "SELECT p.as_of, p.report_json, EXISTS (SELECT 1 FROM posture_due d"
+        " WHERE d.org = p.org AND d.agent = p.agent) AS queued"
+        " FROM agent_posture p WHERE p.org = $1 AND p.agent = $2",
+        org,
+        agent,
+    )
+    return None if r is None else (r["as_of"], r["report_json"], r["queued"])
 
 
 async def list_cached(
     conn: Conn, band: str | None, after: AgentKey, limit: int
 ) -> list[CachedPosture]:
     rows = await conn.fetch(
-        "SELECT * FROM agent_posture WHERE ($1::text IS NULL OR band = $1)"
+        f"SELECT {_CACHED_COLUMNS} FROM agent_posture WHERE ($1::text IS NULL OR band = $1)"
         " AND (org, agent) > ($2, $3) ORDER BY org, agent LIMIT $4",
         band,
         after[0],

@@ -40,7 +40,14 @@ from service.api.posture_views import evidence_view, posture_view
 from service.app.checkpoints import make_checkpoint
 from service.app.export import export_chain
 from service.app.ledger_key import LedgerSigner
-from service.app.posture import MODEL, assess_agent, commitments_of, list_postures, timeline
+from service.app.posture import (
+    MODEL,
+    assess_agent,
+    commitments_of,
+    list_postures,
+    recent_assessment,
+    timeline,
+)
 from service.app.verify import verify_ledger_keys
 from service.domain.audit import LEDGER_CHAIN, Finding, verify_sequentially
 from service.domain.chain import to_micros
@@ -95,7 +102,9 @@ class AgentController(Controller):
         description=(
             "As of now, or as of `at`. With `known_at`, only entries the ledger had"
             " received by then count: `?at=T&known_at=T` is what the ledger answered at T."
-            " `evidence=third_party` uses only other orgs' gateways."
+            " `evidence=third_party` uses only other orgs' gateways. With `max_age_s`, the"
+            " scheduler's latest assessment is served (one row read) when it is at most that"
+            " old and no evidence about the agent arrived since; `as_of` says when it was made."
         ),
     )
     async def posture(
@@ -106,12 +115,24 @@ class AgentController(Controller):
         at: Annotated[datetime | None, QueryParameter()] = None,
         known_at: Annotated[datetime | None, QueryParameter()] = None,
         evidence: EvidenceParam = "all",
+        max_age_s: Annotated[int | None, QueryParameter(ge=0, le=86_400)] = None,
     ) -> PostureView:
+        now = _now(state)
+        if max_age_s is not None:
+            if at is not None or known_at is not None or evidence != "all":
+                raise _bad_query(
+                    "max_age_s", "applies to the current posture with all evidence only"
+                )
+            recent = await recent_assessment(
+                _store(state), org, agent, now, timedelta(seconds=max_age_s)
+            )
+            if recent is not None:
+                return posture_view(recent)
         report = await assess_agent(
             _store(state),
             org,
             agent,
-            _instant(at, "at") if at is not None else _now(state),
+            _instant(at, "at") if at is not None else now,
             known_at=_instant(known_at, "known_at") if known_at is not None else None,
             third_party_only=evidence == "third_party",
         )

@@ -11,6 +11,8 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import msgspec
+
 from service.adapters import projection_tables as tables
 from service.adapters.postgres import LedgerStore, translate_errors
 from service.domain.chain import from_micros, to_micros
@@ -25,6 +27,8 @@ RECENT_LIMIT = 20
 """Adverse items listed in a posture answer, newest first."""
 
 MODEL = "trustledger-posture/v1"
+
+_report_encoder = msgspec.json.Encoder()
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,7 +296,7 @@ async def reassess_due(store: LedgerStore, tick: datetime, limit: int = 500) -> 
     async with translate_errors("taking agents due for re-assessment"):
         due = await tables.take_due(store.pool, tick, limit)
         before = await tables.cached(store.pool, due.agents)
-    rows: list[tables.CachedPosture] = []
+    rows: list[tuple[tables.CachedPosture, str]] = []
     for org, agent in due.agents:
         try:
             report = await assess_agent(store, org, agent, tick)
@@ -305,21 +309,38 @@ async def reassess_due(store: LedgerStore, tick: datetime, limit: int = 500) -> 
                 "posture of %s/%s: %s -> %s (score %s, as of %s)",
                 org, agent, old.band if old else "(none)", a.band, a.score, tick.isoformat(),
             )  # fmt: skip
-        rows.append(
-            tables.CachedPosture(
-                org=org,
-                agent=agent,
-                as_of=tick,
-                band=a.band,
-                score=a.score,
-                confidence=a.confidence,
-                next_change_at=(
-                    from_micros(a.next_change_at_us) if a.next_change_at_us is not None else None
-                ),
-                next_change=a.next_change,
-            )
+        summary = tables.CachedPosture(
+            org=org,
+            agent=agent,
+            as_of=tick,
+            band=a.band,
+            score=a.score,
+            confidence=a.confidence,
+            next_change_at=(
+                from_micros(a.next_change_at_us) if a.next_change_at_us is not None else None
+            ),
+            next_change=a.next_change,
         )
+        rows.append((summary, _report_encoder.encode(report).decode()))
     async with translate_errors("saving re-assessed postures"):
         await tables.save_cached(store.pool, rows)
         await tables.done_due(store.pool, due.generations)
-    return [(r.org, r.agent) for r in rows]
+    return [(r.org, r.agent) for r, _ in rows]
+
+
+async def recent_assessment(
+    store: LedgerStore, org: str, agent: str, now: datetime, max_age: timedelta
+) -> PostureReport | None:
+    """The scheduler's latest assessment of the agent if it is at most `max_age` old at
+    `now` and no evidence about the agent arrived since; else None (assess live)."""
+    async with translate_errors("reading the latest assessment"):
+        found = await tables.cached_report(store.pool, org, agent)
+    if found is None:
+        return None
+    as_of, report, queued = found
+    if queued or not timedelta(0) <= now - as_of <= max_age:
+        return None
+    return _report_decoder.decode(report)
+
+
+_report_decoder = msgspec.json.Decoder(PostureReport)
