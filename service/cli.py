@@ -239,6 +239,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"published {len(events)} signed events for {AGENT_ORG} and {GATEWAY_ORG}; now try:")
     for agent in ("billing-bot", "ops-agent", "scraper"):
         print(f"  curl -s {args.api}/v1/agents/{AGENT_ORG}/{agent}/posture")
+    print(f"  curl -s {args.api}/v1/agents/{AGENT_ORG}/ops-agent/timeline")
+    print(f"  curl -s '{args.api}/v1/postures?band=untrusted'   # after the scheduler's next tick")
     return EXIT_OK
 
 
