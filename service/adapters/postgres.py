@@ -335,6 +335,16 @@ class LedgerStore:
         ):
             yield LedgerTx(conn, self.windows)
 
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[asyncpg.Connection]:
+        """A read-only repeatable-read transaction: every query sees one state."""
+        async with (
+            translate_errors("reading a snapshot"),
+            self._pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            yield conn
+
     async def ping(self) -> None:
         async with translate_errors("PostgreSQL health check"):
             await self._pool.fetchval("SELECT 1")

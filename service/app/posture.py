@@ -75,7 +75,7 @@ def _horizon() -> timedelta:
 
 
 async def _evidence(
-    store: LedgerStore,
+    conn: tables.Conn,
     org: str,
     agent: str,
     after: datetime,
@@ -83,7 +83,7 @@ async def _evidence(
     known_at: datetime | None,
 ) -> Evidence:
     async with translate_errors("reading posture evidence"):
-        evidence = await tables.load_evidence(store.pool, org, agent, after, through, known_at)
+        evidence = await tables.load_evidence(conn, org, agent, after, through, known_at)
     if known_at is not None:
         evidence = evidence.known_at(known_at)
     if not (evidence.agent or evidence.commitments or evidence.observations or evidence.verdicts):
@@ -93,7 +93,7 @@ async def _evidence(
 
 
 async def _in_force(
-    store: LedgerStore,
+    conn: tables.Conn,
     records: list[CommitmentRecord],
     names: tuple[str, ...],
     as_of: datetime,
@@ -117,7 +117,7 @@ async def _in_force(
                 and spend.window_s is not None
             ):
                 spent, _ = await tables.window_usage(
-                    store.pool,
+                    conn,
                     record.org,
                     record.agent,
                     record.commitment_id,
@@ -136,7 +136,7 @@ async def _in_force(
                 )
             if terms.rate is not None:
                 _, count = await tables.window_usage(
-                    store.pool,
+                    conn,
                     record.org,
                     record.agent,
                     record.commitment_id,
@@ -194,9 +194,22 @@ async def assess_agent(
     third_party_only: bool = False,
 ) -> PostureReport:
     """The posture of one agent at `as_of` from what the ledger held at `known_at`
-    (None: everything it holds now)."""
+    (None: everything it holds now). Every read is in one snapshot, so the evidence
+    and the positions the answer names are consistent."""
+    async with store.snapshot() as conn:
+        return await _assess(conn, org, agent, as_of, known_at, third_party_only)
+
+
+async def _assess(
+    conn: tables.Conn,
+    org: str,
+    agent: str,
+    as_of: datetime,
+    known_at: datetime | None,
+    third_party_only: bool,
+) -> PostureReport:
     # Evidence up to a horizon after `as_of` too: it decides when the posture next changes.
-    evidence = await _evidence(store, org, agent, as_of - _horizon(), as_of + _horizon(), known_at)
+    evidence = await _evidence(conn, org, agent, as_of - _horizon(), as_of + _horizon(), known_at)
     items = evidence.items(third_party_only)
     status = status_of(evidence.agent, evidence.commitments, known_at)
     as_of_us = to_micros(as_of)
@@ -213,7 +226,7 @@ async def assess_agent(
     positions = _positions(evidence, items, known_at)
     if known_at is None:
         async with translate_errors("reading projection positions"):
-            positions.update(await tables.chain_positions(store.pool, [org, *observed_by]))
+            positions.update(await tables.chain_positions(conn, [org, *observed_by]))
     record = evidence.agent
     return PostureReport(
         org=org,
@@ -227,7 +240,7 @@ async def assess_agent(
         coverage_permille=coverage_permille(evidence.verdicts, observations, as_of_us),
         observed_by=dict(sorted(observed_by.items())),
         recent=recent,
-        commitments=await _in_force(store, evidence.commitments, result.in_force, as_of, known_at),
+        commitments=await _in_force(conn, evidence.commitments, result.in_force, as_of, known_at),
         positions=positions,
     )
 
@@ -260,7 +273,8 @@ async def timeline(
     """The band and commitments in force at `after`, then every change up to `through`,
     from everything the ledger holds now."""
     grace = timedelta(microseconds=REPORT_GRACE_US)
-    evidence = await _evidence(store, org, agent, after - _horizon() - grace, through, None)
+    async with store.snapshot() as conn:
+        evidence = await _evidence(conn, org, agent, after - _horizon() - grace, through, None)
     items = evidence.items(third_party_only)
     status = status_of(evidence.agent, evidence.commitments)
     from_us, to_us = to_micros(after), to_micros(through)
