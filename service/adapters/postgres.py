@@ -1,7 +1,9 @@
-"""PostgreSQL: the ledger, the key registry, the quarantine and the projections.
+"""PostgreSQL: the ledger, the key registry, the quarantine, checkpoints, and the
+transactions the projections are written in.
 
-The only module that talks SQL. Driver errors are translated to `StorageError`
-here and never leak upward.
+With `projection_tables.py` (the evidence projection's tables), the only code
+that talks SQL. Driver errors are translated to `StorageError` here and never
+leak upward.
 
 Why chains are locked with `SELECT ... FOR UPDATE` on their `chains` row: an
 entry's hash commits to the previous entry's hash, so two writers appending to
