@@ -59,6 +59,13 @@ POSTURES_ASSESSED = Counter(
     registry=REGISTRY,
 )
 
+AGENTS_BY_BAND = Gauge(
+    "trustledger_agents_by_band",
+    "Agents per posture band, as of the scheduler's latest assessment of each.",
+    ["band"],
+    registry=REGISTRY,
+)
+
 
 def render() -> bytes:
     """The Prometheus text exposition of every metric."""

@@ -32,7 +32,7 @@ from service.api.app import HealthCheck, create_app
 from service.app.checkpoints import make_due_checkpoints
 from service.app.consumer import IngestWorker
 from service.app.ledger_key import LedgerSigner, ensure_registered, ledger_keys
-from service.app.posture import reassess_due
+from service.app.posture import bands_count, reassess_due
 from service.app.rebuild import rebuild_projections
 from service.app.verify import IncrementalVerifier
 from service.config import Settings
@@ -228,6 +228,8 @@ def _scheduler(
         tick = datetime.now(UTC)
         assessed = await reassess_due(store, tick)
         metrics.POSTURES_ASSESSED.inc(len(assessed))
+        for band, count in (await bands_count(store)).items():
+            metrics.AGENTS_BY_BAND.labels(band).set(count)
 
     for job, seconds, name in (
         (checkpoint_moved_chains, settings.checkpoint_interval_s, "checkpoints"),

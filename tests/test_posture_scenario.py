@@ -302,6 +302,14 @@ async def test_scheduler_lists_agents_by_band_when_their_evidence_arrives(
     await wait_until(listed, 15, "the agent to be listed as trusted")
     assert (await http.get("/v1/postures", params={"band": "watch"})).json()["items"] == []
 
+    async def counted() -> bool:
+        text = (await http.get("/metrics")).text
+        return 'trustledger_agents_by_band{band="trusted"} 1.0' in text.splitlines()
+
+    await wait_until(counted, 15, "the band gauge to count the agent")
+    metrics_text = (await http.get("/metrics")).text
+    assert 'trustledger_agents_by_band{band="untrusted"} 0.0' in metrics_text.splitlines()
+
 
 async def test_scheduler_reassesses_only_agents_due_when_it_ticks(
     service: RunningService, org_key: OrgKeyFactory, publisher: PublisherFactory

@@ -749,6 +749,11 @@ async def list_cached(
     return [CachedPosture(**dict(r)) for r in rows]
 
 
+async def count_bands(conn: Conn) -> dict[str, int]:
+    rows = await conn.fetch("SELECT band, count(*) AS n FROM agent_posture GROUP BY band")
+    return {r["band"]: r["n"] for r in rows}
+
+
 async def queue_all(conn: Conn) -> None:
     """Queue every known agent for re-assessment (after a rebuild)."""
     await conn.execute(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import get_args
 
 import msgspec
 
@@ -17,7 +18,7 @@ from service.adapters import projection_tables as tables
 from service.adapters.postgres import LedgerStore, translate_errors
 from service.domain.chain import from_micros, to_micros
 from service.domain.evidence import REPORT_GRACE_US, Evidence, coverage_permille, status_of
-from service.domain.posture import HORIZON_US, Assessment, Item, assess, band_changes
+from service.domain.posture import HORIZON_US, Assessment, Band, Item, assess, band_changes
 from service.domain.projection import AgentKey, CommitmentRecord
 from service.errors import NotFoundError
 
@@ -301,6 +302,13 @@ async def list_postures(
     """The scheduler's latest assessments, in (org, agent) order."""
     async with translate_errors("listing postures"):
         return await tables.list_cached(store.pool, band, after, limit)
+
+
+async def bands_count(store: LedgerStore) -> dict[str, int]:
+    """How many agents the scheduler last assessed in each band (every band listed)."""
+    async with translate_errors("counting agents per band"):
+        counted = await tables.count_bands(store.pool)
+    return {band: counted.get(band, 0) for band in get_args(Band)}
 
 
 async def reassess_due(store: LedgerStore, tick: datetime, limit: int = 500) -> list[AgentKey]:
