@@ -380,6 +380,11 @@ async def posture_rows(store: LedgerStore, evs: list[Event]) -> list[Row]:
     t = time.perf_counter()
     ticked = await reassess_due(store, as_of)
     tick_s = time.perf_counter() - t
+    round_trips: list[float] = []
+    for _ in range(20):
+        t = time.perf_counter()
+        await store.pool.fetchval("SELECT 1")
+        round_trips.append(time.perf_counter() - t)
     for agent in ("billing-bot", "ops-agent"):
         served: list[float] = []
         for _ in range(20):
@@ -392,6 +397,8 @@ async def posture_rows(store: LedgerStore, evs: list[Event]) -> list[Row]:
                 f"posture answer with max_age_s, {agent} (the scheduler's assessment)",
                 statistics.median(served) * 1000,
                 "ms",
+                "PostgreSQL round trip, SELECT 1",
+                statistics.median(round_trips) * 1000,
             )
         )
     rows.append(
