@@ -155,6 +155,8 @@ class _Sums:
     adverse: int = 0
     severe: dict[int, int] = field(default_factory=dict)
     """at_us -> count of severity-3 items (to know when the recent-severe cap ends)."""
+    newest_severe: int | None = None
+    """The greatest key of `severe`: the cap holds while it is younger than a day."""
 
     def add(self, item: Item, sign: int) -> None:
         source_w = SOURCE_WEIGHT[item.source]
@@ -168,9 +170,7 @@ class _Sums:
             self.s_bad += sign * w
             self.adverse += sign
             if item.severity == 3:
-                self.severe[item.at_us] = self.severe.get(item.at_us, 0) + sign
-                if self.severe[item.at_us] == 0:
-                    del self.severe[item.at_us]
+                self._severe(item.at_us, sign)
         self.a_mass += sign * base
         self.n += sign
 
@@ -183,8 +183,21 @@ class _Sums:
     def mass(self, t: int) -> int:
         return self.a_mass - t * self.n
 
+    def _severe(self, at_us: int, sign: int) -> None:
+        self.severe[at_us] = self.severe.get(at_us, 0) + sign
+        if self.severe[at_us] == 0:
+            del self.severe[at_us]
+            if at_us == self.newest_severe:
+                # Items leave in the order of their instants, so the newest leaves
+                # last and this rescan is rare.
+                self.newest_severe = max(self.severe, default=None)
+        elif sign > 0 and (self.newest_severe is None or at_us > self.newest_severe):
+            self.newest_severe = at_us
+
     def recent_severe(self, t: int) -> bool:
-        return any(t - at < RECENT_SEVERE_US for at in self.severe)
+        """A counting severity-3 item is younger than `RECENT_SEVERE_US` at `t` (every
+        counting item has `at <= t`, so the newest one decides)."""
+        return self.newest_severe is not None and t - self.newest_severe < RECENT_SEVERE_US
 
 
 def score_of(good: int, bad: int) -> int | None:
