@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import asyncpg
 import msgspec
@@ -94,23 +94,30 @@ def _version(r: asyncpg.Record) -> VersionRow:
     )
 
 
+def _action_fields(r: asyncpg.Record) -> dict[str, Any]:
+    """The columns verdict and observation rows share."""
+    return {
+        "seq": r["seq"],
+        "event_id": r["event_id"],
+        "org": r["org"],
+        "agent": r["agent"],
+        "occurred_at": r["occurred_at"],
+        "received_at": r["received_at"],
+        "action": r["action"],
+        "resource": r["resource"],
+        "amount": _money(r["amount_minor"], r["currency"]),
+        "data_classes": tuple(r["data_classes"]),
+        "correlation_id": r["correlation_id"],
+    }
+
+
 def _verdict(r: asyncpg.Record) -> VerdictRow:
     charge = None
     if r["charge_commitment"] is not None:
         # horizon_s is not stored: it only matters when the charge is recorded
         charge = Charge(r["charge_commitment"], r["occurred_at"], r["charge_amount"], 0)
     return VerdictRow(
-        org=r["org"],
-        agent=r["agent"],
-        seq=r["seq"],
-        event_id=r["event_id"],
-        occurred_at=r["occurred_at"],
-        received_at=r["received_at"],
-        action=r["action"],
-        resource=r["resource"],
-        amount=_money(r["amount_minor"], r["currency"]),
-        data_classes=tuple(r["data_classes"]),
-        correlation_id=r["correlation_id"],
+        **_action_fields(r),
         within=r["within"],
         severity=r["severity"],
         violations=(() if r["within"] else tuple(_violations_decoder.decode(r["violations_json"]))),
@@ -121,21 +128,7 @@ def _verdict(r: asyncpg.Record) -> VerdictRow:
 
 
 def _observation(r: asyncpg.Record) -> ObservationRow:
-    return ObservationRow(
-        observer=r["observer"],
-        seq=r["seq"],
-        event_id=r["event_id"],
-        org=r["org"],
-        agent=r["agent"],
-        gateway=r["gateway"],
-        occurred_at=r["occurred_at"],
-        received_at=r["received_at"],
-        action=r["action"],
-        resource=r["resource"],
-        amount=_money(r["amount_minor"], r["currency"]),
-        data_classes=tuple(r["data_classes"]),
-        correlation_id=r["correlation_id"],
-    )
+    return ObservationRow(observer=r["observer"], gateway=r["gateway"], **_action_fields(r))
 
 
 async def _commitment_records(

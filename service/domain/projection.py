@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypedDict
 
 from service.domain.evaluation import (
     LATE_GRACE_S,
@@ -294,18 +295,8 @@ class Projector:
         self.new_observations.append(
             ObservationRow(
                 observer=chain,
-                seq=seq,
-                event_id=event.id,
-                org=event.agent_org,
-                agent=event.agent,
                 gateway=event.gateway,
-                occurred_at=event.occurred_at,
-                received_at=received_at,
-                action=event.action,
-                resource=event.resource,
-                amount=event.amount,
-                data_classes=tuple(event.data_classes),
-                correlation_id=event.correlation_id,
+                **_action_fields(event, event.agent_org, seq, received_at),
             )
         )
 
@@ -320,21 +311,44 @@ class Projector:
         }
 
 
+class _ActionFields(TypedDict):
+    seq: int
+    event_id: str
+    org: str
+    agent: str
+    occurred_at: datetime
+    received_at: datetime
+    action: str
+    resource: str
+    amount: Money | None
+    data_classes: tuple[str, ...]
+    correlation_id: str | None
+
+
+def _action_fields(
+    event: ActionPerformed | ActionObserved, org: str, seq: int, received_at: datetime
+) -> _ActionFields:
+    """What verdict and observation rows record of an action; `org` is the agent's."""
+    return {
+        "seq": seq,
+        "event_id": event.id,
+        "org": org,
+        "agent": event.agent,
+        "occurred_at": event.occurred_at,
+        "received_at": received_at,
+        "action": event.action,
+        "resource": event.resource,
+        "amount": event.amount,
+        "data_classes": tuple(event.data_classes),
+        "correlation_id": event.correlation_id,
+    }
+
+
 def _verdict_row(
     event: ActionPerformed, seq: int, received_at: datetime, verdict: Evaluation
 ) -> VerdictRow:
     return VerdictRow(
-        org=event.org,
-        agent=event.agent,
-        seq=seq,
-        event_id=event.id,
-        occurred_at=event.occurred_at,
-        received_at=received_at,
-        action=event.action,
-        resource=event.resource,
-        amount=event.amount,
-        data_classes=tuple(event.data_classes),
-        correlation_id=event.correlation_id,
+        **_action_fields(event, event.org, seq, received_at),
         within=verdict.within,
         severity=verdict.max_severity,
         violations=tuple(verdict.violations),
