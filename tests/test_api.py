@@ -103,6 +103,27 @@ async def _publish_agent_traffic(
             "invalid-request",
             id="timeline-too-long",
         ),
+        pytest.param(
+            "GET",
+            "/v1/agents/acme/bot/posture?max_age_s=-1",
+            400,
+            "invalid-request",
+            id="negative-max-age",
+        ),
+        pytest.param(
+            "GET",
+            "/v1/agents/acme/bot/posture?max_age_s=5&at=2026-01-01T00:00:00Z",
+            400,
+            "invalid-request",
+            id="max-age-with-at",
+        ),
+        pytest.param(
+            "GET",
+            "/v1/agents/acme/bot/timeline?limit=0",
+            400,
+            "invalid-request",
+            id="timeline-limit-zero",
+        ),
     ],
 )
 async def test_problem_details_are_returned_when_request_cannot_be_served(

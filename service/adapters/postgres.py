@@ -425,15 +425,6 @@ class LedgerStore:
             )
         return [r["chain"] for r in rows]
 
-    async def projection_position(self, chain: str) -> int:
-        async with translate_errors("reading projection position"):
-            seq = await self._pool.fetchval(
-                "SELECT seq FROM projection_positions WHERE projection = $1 AND chain = $2",
-                projection_tables.POSTURE_PROJECTION,
-                chain,
-            )
-        return int(seq) if seq is not None else 0
-
     async def quarantined(
         self, org: str | None, after_id: int = 0, limit: int = 100
     ) -> list[dict[str, Any]]:

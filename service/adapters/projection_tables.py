@@ -22,6 +22,7 @@ from service.domain.evaluation import LATE_GRACE_S, Charge, RollingWindow, Viola
 from service.domain.events import CommitmentTerms, Money
 from service.domain.evidence import REPORT_GRACE_US, Evidence
 from service.domain.projection import (
+    ActionRow,
     AgentKey,
     AgentRecord,
     CommitmentKey,
@@ -252,20 +253,43 @@ async def _restore_windows(
         )
 
 
+_ACTION_COLUMNS = (
+    "seq",
+    "event_id",
+    "org",
+    "agent",
+    "occurred_at",
+    "received_at",
+    "action",
+    "resource",
+    "amount_minor",
+    "currency",
+    "data_classes",
+    "correlation_id",
+)
+"""The columns of `ActionRow`, shared by `action_verdicts` and `observations`."""
+
+
+def _action_record(a: ActionRow) -> tuple[object, ...]:
+    return (
+        a.seq,
+        a.event_id,
+        a.org,
+        a.agent,
+        a.occurred_at,
+        a.received_at,
+        a.action,
+        a.resource,
+        a.amount.amount_minor if a.amount else None,
+        a.amount.currency if a.amount else None,
+        list(a.data_classes),
+        a.correlation_id,
+    )
+
+
 def _verdict_record(v: VerdictRow) -> tuple[object, ...]:
     return (
-        v.org,
-        v.seq,
-        v.agent,
-        v.event_id,
-        v.occurred_at,
-        v.received_at,
-        v.action,
-        v.resource,
-        v.amount.amount_minor if v.amount else None,
-        v.amount.currency if v.amount else None,
-        list(v.data_classes),
-        v.correlation_id,
+        *_action_record(v),
         v.within,
         v.severity,
         _encoder.encode(list(v.violations)).decode(),
@@ -277,18 +301,7 @@ def _verdict_record(v: VerdictRow) -> tuple[object, ...]:
 
 
 _VERDICT_COLUMNS = (
-    "org",
-    "seq",
-    "agent",
-    "event_id",
-    "occurred_at",
-    "received_at",
-    "action",
-    "resource",
-    "amount_minor",
-    "currency",
-    "data_classes",
-    "correlation_id",
+    *_ACTION_COLUMNS,
     "within",
     "severity",
     "violations_json",
@@ -298,41 +311,11 @@ _VERDICT_COLUMNS = (
     "charge_amount",
 )
 
-_OBSERVATION_COLUMNS = (
-    "observer",
-    "seq",
-    "event_id",
-    "org",
-    "agent",
-    "gateway",
-    "occurred_at",
-    "received_at",
-    "action",
-    "resource",
-    "amount_minor",
-    "currency",
-    "data_classes",
-    "correlation_id",
-)
+_OBSERVATION_COLUMNS = (*_ACTION_COLUMNS, "observer", "gateway")
 
 
 def _observation_record(o: ObservationRow) -> tuple[object, ...]:
-    return (
-        o.observer,
-        o.seq,
-        o.event_id,
-        o.org,
-        o.agent,
-        o.gateway,
-        o.occurred_at,
-        o.received_at,
-        o.action,
-        o.resource,
-        o.amount.amount_minor if o.amount else None,
-        o.amount.currency if o.amount else None,
-        list(o.data_classes),
-        o.correlation_id,
-    )
+    return (*_action_record(o), o.observer, o.gateway)
 
 
 async def save_projection(

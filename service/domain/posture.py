@@ -299,7 +299,8 @@ def assess(items: Sequence[Item], status: Status, as_of_us: int) -> Assessment:
     band = _band(status, sums, as_of_us)
     good, bad, mass = sums.good(as_of_us), sums.bad(as_of_us), sums.mass(as_of_us)
     in_force = status.in_force(as_of_us)
-    change = next_change(items, status, as_of_us)
+    # The sweep continues from these very sums (read above, mutated below).
+    change = _first_change(band_changes(items, status, as_of_us, None, 1, sums))
     return Assessment(
         as_of_us=as_of_us,
         band=band,
@@ -361,7 +362,11 @@ def _flips(sums: _Sums, after: int, before: int | None) -> list[int]:
 def next_change(items: Sequence[Item], status: Status, as_of_us: int) -> tuple[int, str] | None:
     """The first instant after `as_of_us` at which, with no new evidence, the band or
     the commitments in force differ from their value at `as_of_us`, and what changes."""
-    for at_us, before, after in band_changes(items, status, as_of_us, None, limit=1):
+    return _first_change(band_changes(items, status, as_of_us, None, limit=1))
+
+
+def _first_change(changes: list[tuple[int, str, str]]) -> tuple[int, str] | None:
+    for at_us, before, after in changes:
         prefix = "band " if before.startswith("band ") else "in force: "
         return at_us, f"{before} -> {after.removeprefix(prefix)}"
     return None
@@ -377,6 +382,7 @@ def band_changes(
     from_us: int,
     to_us: int | None,
     limit: int | None = None,
+    sums: _Sums | None = None,
 ) -> list[tuple[int, str, str]]:
     """Every instant in (from_us, to_us] at which the band or the commitments in force
     change, as `(instant, before, after)` with values like ``band watch`` /
@@ -399,7 +405,8 @@ def band_changes(
         if i.severity == 3 and i.at_us + RECENT_SEVERE_US > from_us
     ]
     heapq.heapify(heap)
-    sums = _sums(_counting(items, from_us))
+    if sums is None:  # else the caller's sums of the items counting at `from_us`
+        sums = _sums(_counting(items, from_us))
     # Retirement, revocations and validity change only at status breakpoints: keep
     # them between those instead of recomputing them at every item's breakpoint.
     revoked = status.revoked_at(from_us)

@@ -136,14 +136,15 @@ class CommitmentRecord:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class VerdictRow:
-    """A self-reported action and its verdict."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActionRow:
+    """What the projection records of any action: its entry (`seq` in its chain),
+    the agent `(org, agent)` it is about, and its facts."""
 
-    org: str
-    agent: str
     seq: int
     event_id: str
+    org: str
+    agent: str
     occurred_at: datetime
     received_at: datetime
     action: str
@@ -151,6 +152,12 @@ class VerdictRow:
     amount: Money | None
     data_classes: tuple[str, ...]
     correlation_id: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerdictRow(ActionRow):
+    """A self-reported action (its chain is `org`) and its verdict."""
+
     within: bool
     severity: int
     violations: tuple[Violation, ...]
@@ -159,23 +166,12 @@ class VerdictRow:
     charge: Charge | None
 
 
-@dataclass(frozen=True, slots=True)
-class ObservationRow:
-    """An action a gateway of `observer` saw agent (org, agent) perform."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ObservationRow(ActionRow):
+    """An action a gateway of `observer` (the row's chain) saw the agent perform."""
 
     observer: str
-    seq: int
-    event_id: str
-    org: str
-    agent: str
     gateway: str
-    occurred_at: datetime
-    received_at: datetime
-    action: str
-    resource: str
-    amount: Money | None
-    data_classes: tuple[str, ...]
-    correlation_id: str | None
 
 
 @dataclass(slots=True)
