@@ -19,11 +19,11 @@ WORKDIR /src
 # level but the wheel carries them as service/_bundled/ (hatch force-include in
 # pyproject.toml): without them in the context the build fails, and without the
 # migrations in the wheel no role could start. README.md is the package readme.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY service ./service
 COPY migrations ./migrations
 COPY schemas ./schemas
-RUN /opt/trustledger/bin/pip install .
+RUN /opt/trustledger/bin/pip install -c constraints.txt .
 
 # ---- runtime ------------------------------------------------------------------------
 FROM python:3.11-slim
