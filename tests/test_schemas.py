@@ -67,6 +67,32 @@ def test_union_schema_discriminates_on_kind_when_rendered() -> None:
     assert sorted(document["discriminator"]["mapping"]) == KINDS
 
 
+def _indent_descriptions(value: object) -> object:
+    """`value` with every description re-indented as msgspec before 0.23 rendered docstrings."""
+    if isinstance(value, dict):
+        return {
+            key: (
+                "\n    ".join(item.split("\n"))
+                if key == "description"
+                else _indent_descriptions(item)
+            )
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_indent_descriptions(item) for item in value]
+    return value
+
+
+def test_render_is_unchanged_when_library_formats_docstrings_differently(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The files do not depend on how the installed msgspec renders a Struct's docstring."""
+    expected = render_schemas()
+    schema = msgspec.json.schema
+    monkeypatch.setattr(msgspec.json, "schema", lambda tp: _indent_descriptions(schema(tp)))
+    assert render_schemas() == expected
+
+
 def test_stale_lists_nothing_when_freshly_written(tmp_path: Path) -> None:
     """After `write_schemas`, `stale_schemas` reports no file; a second write writes none."""
     written = write_schemas(tmp_path)

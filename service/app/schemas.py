@@ -5,6 +5,11 @@
 fails when the checked-in files are stale. Rendering is deterministic: sorted
 keys, two-space indent, a trailing newline, UTF-8.
 
+The description of each object comes from its Struct's docstring, cleaned here
+with `inspect.cleandoc`, never as msgspec renders it: msgspec changed that
+rendering between releases (0.23 dedents, earlier ones did not), and the
+checked-in files must not depend on the installed version.
+
 Layout (names relative to `schemas/`):
 
 * `event.schema.json` - the whole tagged union, discriminated on `kind`;
@@ -13,11 +18,13 @@ Layout (names relative to `schemas/`):
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
 import msgspec
 
+from service.domain import events
 from service.domain.events import EVENT_TYPES, Event
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -32,7 +39,7 @@ def event_schema_name(kind: str) -> str:
 
 def render_schemas() -> dict[str, bytes]:
     """Every schema file, by name relative to `schemas/`, with its exact bytes."""
-    union: dict[str, object] = msgspec.json.schema(Event)
+    union = _with_own_descriptions(msgspec.json.schema(Event))
     files: dict[str, dict[str, object]] = {
         EVENT_SCHEMA_NAME: _document(
             EVENT_SCHEMA_NAME,
@@ -48,7 +55,7 @@ def render_schemas() -> dict[str, bytes]:
     for struct in EVENT_TYPES:
         kind = _kind_of(struct)
         name = event_schema_name(kind)
-        schema: dict[str, object] = msgspec.json.schema(struct)
+        schema = _with_own_descriptions(msgspec.json.schema(struct))
         files[name] = _document(
             name,
             schema,
@@ -76,6 +83,24 @@ def write_schemas(dir: Path) -> list[Path]:
 def stale_schemas(dir: Path) -> list[str]:
     """Names (relative to `dir`) of schema files that are missing or different."""
     return [name for name, content in render_schemas().items() if _read(dir / name) != content]
+
+
+def _with_own_descriptions(schema: dict[str, object]) -> dict[str, object]:
+    """`schema` with each definition's description replaced by its cleaned docstring."""
+    definitions = schema.get("$defs")
+    if not isinstance(definitions, dict):
+        return schema
+    own: dict[str, object] = {}
+    for name, definition in definitions.items():
+        struct = getattr(events, name, None)
+        if not (isinstance(struct, type) and issubclass(struct, msgspec.Struct)):
+            raise TypeError(f"schema definition {name!r} is not a Struct of service.domain.events")
+        if not isinstance(definition, dict):
+            raise TypeError(f"schema definition {name!r} is not an object")
+        rest = {key: value for key, value in definition.items() if key != "description"}
+        doc = struct.__doc__
+        own[name] = {**rest, "description": inspect.cleandoc(doc)} if doc else rest
+    return {**schema, "$defs": own}
 
 
 def _document(
