@@ -2,10 +2,14 @@
 
     TrustLedgerError
     ├── ConfigError            bad or missing configuration
-    ├── StorageError           the database failed or refused (adapters translate driver errors)
+    ├── StorageError           the database refused an operation (adapters translate driver errors)
+    │   ├── StorageUnavailableError  transient: connection lost, server restarting or out of
+    │   │                            resources, a serialization conflict; the same work may succeed later
+    │   ├── WriterFencedError  another process took over this ingest consumer; stop writing
     │   └── MigrationError     applied migrations differ from the files, or one failed
     ├── IntegrityError         the stored ledger does not verify; nothing is signed over it
     ├── BrokerError            NATS / JetStream failed
+    │   └── DeliveryGapError   the consumer's delivery sequence skipped: deliveries were lost
     ├── EmbeddedServerError    an embedded server would not start (service.adapters.embedded)
     ├── NotFoundError          a queried org, agent or entry does not exist
     ├── AdmissionError         an event handed in directly (not via NATS) was refused
@@ -30,6 +34,17 @@ class StorageError(TrustLedgerError):
     """The database failed or refused an operation."""
 
 
+class StorageUnavailableError(StorageError):
+    """The database could not be reached or asked us to retry: a transient failure.
+
+    Everything else a `StorageError` says is a refusal of the work itself (bad data,
+    a constraint): retrying the same work would fail the same way."""
+
+
+class WriterFencedError(StorageError):
+    """This process no longer holds the ingest consumer: a newer writer has taken over."""
+
+
 class MigrationError(StorageError):
     """Migrations could not be applied, or the database disagrees with the files."""
 
@@ -40,6 +55,11 @@ class IntegrityError(TrustLedgerError):
 
 class BrokerError(TrustLedgerError):
     """NATS or JetStream failed."""
+
+
+class DeliveryGapError(BrokerError):
+    """Deliveries went missing in transit (a broken connection): the consumer must be
+    rebound from the committed position before anything later is processed."""
 
 
 class NotFoundError(TrustLedgerError):

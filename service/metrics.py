@@ -40,6 +40,26 @@ CONSUMER_PENDING = Gauge(
     "Messages in the stream not yet delivered to the ingest consumer (as of the last batch).",
     registry=REGISTRY,
 )
+INGEST_ACTIVE = Gauge(
+    "trustledger_ingest_active",
+    "1 while this process is the ingest consumer's single writer, 0 while it waits as a standby.",
+    registry=REGISTRY,
+)
+INGEST_LAST_COMMIT = Gauge(
+    "trustledger_ingest_last_commit_timestamp_seconds",
+    "Unix time of the last committed batch (alert when it lags while messages are pending).",
+    registry=REGISTRY,
+)
+INGEST_CONSECUTIVE_FAILURES = Gauge(
+    "trustledger_ingest_consecutive_failures",
+    "Failed attempts (commit, fetch, bind) since the last committed batch.",
+    registry=REGISTRY,
+)
+DELIVERY_GAPS = Counter(
+    "trustledger_ingest_delivery_gaps",
+    "Deliveries lost in transit (a gap in the consumer sequence); each rebinds the consumer.",
+    registry=REGISTRY,
+)
 CHAIN_VERIFIED_SEQ = Gauge(
     "trustledger_chain_verified_seq",
     "Highest sequence verified by the scheduled chain check, per chain.",

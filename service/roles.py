@@ -100,23 +100,21 @@ async def run_roles(settings: Settings, roles: Roles, stop: asyncio.Event) -> No
 
         if roles.ingest:
             await _catch_up_projections(store)
-            position = await _start_position(store, settings, stream_created)
-            consumer = await broker.EventConsumer.bind(js, settings, position.stream_seq)
+            fresh = StreamPosition(settings.consumer, settings.stream, stream_created, 0)
+
+            async def bind(after_seq: int) -> broker.EventConsumer:
+                return await broker.EventConsumer.bind(js, settings, after_seq)
+
             worker = IngestWorker(
                 store,
-                consumer,
+                bind,
+                fresh,
                 settings.subject_prefix,
                 settings.batch_max,
                 settings.fetch_wait_s,
-                position,
             )
             tasks.append(asyncio.create_task(worker.run(stop), name="ingest"))
-
-            async def ingest_ready() -> None:
-                if not worker.running:
-                    raise RuntimeError("ingest loop is not running")
-
-            checks["ingest"] = ingest_ready
+            checks["ingest"] = worker.check_progress
 
         if roles.scheduler or roles.api:
             signer = await load_ledger_signer(store, settings)
@@ -182,25 +180,6 @@ async def _catch_up_projections(store: LedgerStore) -> None:
         )  # fmt: skip
         replayed = await rebuild_projections(store)
         log.info("projections rebuilt from %d entries", replayed)
-
-
-async def _start_position(
-    store: LedgerStore, settings: Settings, stream_created: str
-) -> StreamPosition:
-    """Where ingest resumes: after the last committed message of this stream incarnation."""
-    fresh = StreamPosition(settings.consumer, settings.stream, stream_created, 0)
-    saved = await store.stream_position(settings.consumer)
-    if saved is None:
-        return fresh
-    if (saved.stream, saved.stream_created) != (settings.stream, stream_created):
-        # Sequence numbers restarted with a new stream: start at its beginning;
-        # the ledger's event-id uniqueness drops anything already chained.
-        log.warning(
-            "stream %s is not the one ingest last read (%s created %s); reading it from the start",
-            settings.stream, saved.stream, saved.stream_created,
-        )  # fmt: skip
-        return fresh
-    return saved
 
 
 def _scheduler(

@@ -30,7 +30,7 @@ from nats.js.api import (
 
 from service.config import Settings
 from service.domain.admission import KEY_ID_HEADER, SIGNATURE_HEADER, Incoming
-from service.errors import BrokerError
+from service.errors import BrokerError, DeliveryGapError
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,8 @@ async def connect(url: str, name: str, reconnect_forever: bool = True) -> Client
             log.warning("disconnected from NATS; reconnecting")
 
     try:
-        nc = await nats.connect(
+        nc = _Client()
+        await nc.connect(
             url,
             name=name,
             max_reconnect_attempts=3,
@@ -75,6 +76,26 @@ async def connect(url: str, name: str, reconnect_forever: bool = True) -> Client
         return nc
     except (TimeoutError, OSError, nats.errors.Error) as e:
         raise BrokerError(f"cannot connect to NATS at {url}: {e}") from e
+
+
+class _Client(Client):
+    """nats-py decodes a message's subject as strict UTF-8 inside its read loop, and
+    an exception there ends the loop for good: one published message with an
+    invalid byte in its subject left the client connected but deaf, and ingest
+    stalled. Decoding with `surrogateescape` lets such a message reach admission
+    and the quarantine like any other bad message (its subject stored escaped)."""
+
+    def _build_message(  # type: ignore[no-untyped-def]  # overrides an untyped private hook
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers
+    ):
+        return self.msg_class(
+            subject=subject.decode("utf-8", "surrogateescape"),
+            reply=reply.decode("utf-8", "surrogateescape"),
+            data=data,
+            headers=headers,
+            _client=self,
+            _sid=sid,
+        )
 
 
 async def _log_nats_error(e: Exception) -> None:
@@ -125,10 +146,12 @@ class Delivery:
 
 
 class EventConsumer:
-    """The durable pull consumer feeding the ledger."""
+    """The durable pull consumer feeding the ledger, as one incarnation of it: bound
+    to deliver from a position, and refusing to go on past a lost delivery."""
 
     def __init__(self, sub: JetStreamContext.PullSubscription) -> None:
         self._sub = sub
+        self._next_delivery = 1
 
     @classmethod
     async def bind(cls, js: JetStreamContext, settings: Settings, after_seq: int) -> EventConsumer:
@@ -138,7 +161,7 @@ class EventConsumer:
         is committed with each batch. Recreating the consumer from it means a
         crashed batch is delivered again *before* anything published after it,
         which broker redelivery (after `ack_wait`, behind newer messages) would
-        not guarantee. One process per consumer name."""
+        not guarantee. One process per consumer name (the store's writer lock)."""
         start = (
             {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": after_seq + 1}
             if after_seq > 0
@@ -178,14 +201,38 @@ class EventConsumer:
             log.debug("in_progress: %s", e)
 
     async def fetch(self, batch_max: int, timeout_s: float) -> list[Delivery]:
-        """Up to `batch_max` messages: whatever is ready now, else wait up to `timeout_s`."""
+        """Up to `batch_max` messages: whatever is ready now, else wait up to `timeout_s`.
+
+        JetStream numbers every delivery of a consumer, redeliveries included
+        (the consumer sequence), and counts a message delivered once it is written
+        to the connection: when the connection breaks, messages can be lost in
+        transit while the consumer moves on. So each delivery must be the next
+        number; if not, `DeliveryGapError` (nothing of this fetch is used) tells
+        the caller to rebind from its committed position, as NATS's own ordered
+        consumers do."""
         try:
             msgs = await self._sub.fetch(batch=batch_max, timeout=timeout_s)
         except (TimeoutError, nats.errors.TimeoutError):
             return []
         except nats.errors.Error as e:
             raise BrokerError(f"fetch failed: {e}") from e
+        for m in msgs:
+            delivered = m.metadata.sequence.consumer
+            if delivered != self._next_delivery:
+                raise DeliveryGapError(
+                    f"delivery {delivered} (stream seq {m.metadata.sequence.stream}) came"
+                    f" after delivery {self._next_delivery - 1}"
+                )
+            self._next_delivery = delivered + 1
         return [Delivery(_incoming(m), m) for m in msgs]
+
+    async def pending(self) -> tuple[int, int]:
+        """(messages not yet delivered, delivered but not acked), asked of the server."""
+        try:
+            info = await self._sub.consumer_info()
+        except (nats.errors.Error, TimeoutError) as e:
+            raise BrokerError(f"consumer info: {e}") from e
+        return (info.num_pending or 0, info.num_ack_pending or 0)
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         """Ack every message of a committed batch."""

@@ -17,6 +17,7 @@ sorted order so two batches touching the same orgs cannot deadlock.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -25,12 +26,13 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import asyncpg.exceptions._base as asyncpg_base
 
 from service.adapters import projection_tables
 from service.domain.admission import PublisherKey, Refused, subject_org
 from service.domain.audit import LEDGER_CHAIN
 from service.domain.projection import AgentKey, Projector
-from service.errors import StorageError
+from service.errors import StorageError, StorageUnavailableError, WriterFencedError
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +114,29 @@ def _entry(row: asyncpg.Record) -> EntryRow:
     return EntryRow(**{name: row[name] for name in ENTRY_COLUMNS})
 
 
+# SQLSTATE classes that say "not now" rather than "not this": connection
+# exceptions, transaction rollbacks (serialization failures, deadlocks),
+# insufficient resources, operator intervention (admin shutdown, the server
+# starting up, a statement timeout), system errors (I/O) and internal errors.
+# Every other class refuses the work itself (22 data exception, 23 integrity
+# constraint, 54 program limit, ...): retrying it would fail again, forever.
+_TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "55", "57", "58", "XX"})
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a driver error may succeed when retried (see `_TRANSIENT_SQLSTATE_CLASSES`)."""
+    if isinstance(error, asyncpg.PostgresError):
+        return str(error.sqlstate or "XX")[:2] in _TRANSIENT_SQLSTATE_CLASSES
+    # asyncpg's DataError is an InterfaceError raised before anything is sent:
+    # a value the driver cannot encode (an int beyond bigint, a NUL in text).
+    return not isinstance(error, asyncpg_base.DataError)
+
+
 @asynccontextmanager
 async def translate_errors(action: str) -> AsyncIterator[None]:
-    """Turn driver and connection errors into `StorageError` naming what failed."""
+    """Turn driver and connection errors into `StorageError` naming what failed:
+    `StorageUnavailableError` when a retry may succeed, plain `StorageError` when
+    the database refused the work itself."""
     try:
         yield
     # InternalClientError is not an InterfaceError in asyncpg: a connection
@@ -126,7 +148,52 @@ async def translate_errors(action: str) -> AsyncIterator[None]:
         OSError,
         TimeoutError,
     ) as e:
+        if is_transient(e):
+            raise StorageUnavailableError(f"{action}: {e}") from e
         raise StorageError(f"{action}: {e}") from e
+
+
+MAX_SUBJECT_CHARS = 1024
+MAX_DETAIL_CHARS = 2048
+_TEXT_FIELD_CHARS = 512
+
+
+def storable_text(value: str, limit: int = _TEXT_FIELD_CHARS) -> str:
+    """`value` as PostgreSQL text can hold it: undecodable bytes (surrogate escapes)
+    and NUL written as backslash escapes, cut to `limit` characters with a marker."""
+    text = value.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _storable_or_none(value: str | None) -> str | None:
+    return None if value is None else storable_text(value)
+
+
+_WRITER_LOCK = "trustledger.ingest/"
+
+
+@dataclass(slots=True)
+class WriterLease:
+    """This process is the single writer of an ingest consumer, at `epoch`."""
+
+    consumer: str
+    epoch: int
+    saved: StreamPosition | None
+    """The consumer's committed position when the lease was taken (None: never committed)."""
+    _conn: asyncpg.Connection
+
+    @property
+    def lost(self) -> bool:
+        """True once the session holding the lock has ended (the lock with it)."""
+        return bool(self._conn.is_closed())
+
+    async def release(self) -> None:
+        """Give the lock back by ending its session; never raises."""
+        try:
+            await asyncio.wait_for(self._conn.close(), 5)
+        except Exception as e:  # the session may be gone already: so is the lock
+            log.debug("releasing the writer lock: %s", e)
+            self._conn.terminate()
 
 
 class LedgerTx:
@@ -177,13 +244,31 @@ class LedgerTx:
     async def load_keys(self) -> dict[str, PublisherKey]:
         return await _load_keys(self._conn)
 
+    async def fence(self, consumer: str, epoch: int) -> None:
+        """Lock the consumer's position row and check this transaction's writer still
+        owns it (`WriterFencedError` if another process took over since). Taken first
+        in every batch, so two writers' batches never interleave."""
+        current = await self._conn.fetchval(
+            "SELECT writer_epoch FROM ingest_positions WHERE consumer = $1 FOR UPDATE", consumer
+        )
+        if current != epoch:
+            raise WriterFencedError(
+                f"consumer {consumer!r} is now written by epoch {current}, not {epoch}"
+            )
+
     async def save_position(self, position: StreamPosition) -> None:
-        """Record how far the consumer has got, with the batch it belongs to."""
+        """Record how far the consumer has got, with the batch it belongs to. Within one
+        stream incarnation the position only moves forward (a redelivered message
+        below it is processed again, but never rewinds it)."""
         await self._conn.execute(
             "INSERT INTO ingest_positions (consumer, stream, stream_created, stream_seq)"
             " VALUES ($1, $2, $3, $4) ON CONFLICT (consumer) DO UPDATE SET"
             " stream = EXCLUDED.stream, stream_created = EXCLUDED.stream_created,"
-            " stream_seq = EXCLUDED.stream_seq",
+            " stream_seq = CASE"
+            "   WHEN (ingest_positions.stream, ingest_positions.stream_created)"
+            "      = (EXCLUDED.stream, EXCLUDED.stream_created)"
+            "   THEN GREATEST(ingest_positions.stream_seq, EXCLUDED.stream_seq)"
+            "   ELSE EXCLUDED.stream_seq END",
             position.consumer,
             position.stream,
             position.stream_created,
@@ -209,30 +294,42 @@ class LedgerTx:
             )
 
     async def quarantine(
-        self, refused: Sequence[Refused], received_at: datetime, subject_prefix: str
+        self,
+        refused: Sequence[Refused],
+        received_at: datetime,
+        subject_prefix: str,
+        incarnation: str | None = None,
     ) -> int:
-        """Record refused messages with their raw bytes and reason."""
+        """Record refused messages with their raw bytes and reason; a message of the
+        same stream incarnation and sequence already held is not recorded twice.
+
+        Text columns get the received strings made storable (`storable_text`): a
+        NUL or an undecodable byte in a subject or header must never make the
+        quarantine itself refuse the row. `raw` keeps the exact bytes."""
         if not refused:
             return 0
         rows = [
             (
                 r.message.stream_seq if r.message.stream_seq > 0 else None,
-                r.message.subject,
-                subject_org(r.message.subject, subject_prefix),
-                r.message.key_id,
-                r.message.signature,
+                storable_text(r.message.subject, MAX_SUBJECT_CHARS),
+                _storable_or_none(subject_org(r.message.subject, subject_prefix)),
+                _storable_or_none(r.message.key_id),
+                _storable_or_none(r.message.signature),
                 r.reason,
-                r.detail,
+                storable_text(r.detail, MAX_DETAIL_CHARS),
                 r.message.data,
                 received_at,
+                incarnation if r.message.stream_seq > 0 else None,
             )
             for r in refused
         ]
         result: str = await self._conn.execute(
             "INSERT INTO quarantine (stream_seq, subject, claimed_org, key_id, signature, reason,"
-            " detail, raw, received_at)"
+            " detail, raw, received_at, stream_incarnation)"
             " SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],"
-            " $6::text[], $7::text[], $8::bytea[], $9::timestamptz[])",
+            " $6::text[], $7::text[], $8::bytea[], $9::timestamptz[], $10::text[])"
+            " ON CONFLICT (stream_incarnation, stream_seq)"
+            " WHERE stream_incarnation IS NOT NULL AND stream_seq IS NOT NULL DO NOTHING",
             *[list(col) for col in zip(*rows, strict=True)],
         )
         return int(result.rsplit(" ", 1)[-1])
@@ -313,8 +410,9 @@ class RebuildTx:
 class LedgerStore:
     """A connection pool and the queries the use cases need."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
         self._pool = pool
+        self._dsn = dsn
         self.windows = projection_tables.WindowCache()
         """This process's rolling windows between batches (see `WindowCache`)."""
 
@@ -322,7 +420,7 @@ class LedgerStore:
     async def connect(cls, dsn: str, min_size: int = 1, max_size: int = 10) -> LedgerStore:
         async with translate_errors("connecting to PostgreSQL"):
             pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
-        return cls(pool)
+        return cls(pool, dsn)
 
     async def close(self) -> None:
         await self._pool.close()
@@ -359,6 +457,51 @@ class LedgerStore:
                 consumer,
             )
         return None if r is None else StreamPosition(**dict(r))
+
+    async def try_acquire_writer(self, consumer: str, writer: str) -> WriterLease | None:
+        """Become the single writer of `consumer`, or None if another process is.
+
+        The lock is a session advisory lock on a connection held for as long as the
+        lease (PostgreSQL drops it when that session ends, however the process
+        dies), and taking it bumps the consumer's `writer_epoch`: the fencing token
+        every batch checks (`LedgerTx.fence`). The bump waits for a batch of the
+        previous writer still in flight, which then can no longer commit."""
+        async with translate_errors(f"taking the writer lock of consumer {consumer!r}"):
+            # A connection of its own, not the pool's: its session *is* the lock.
+            conn = await asyncpg.connect(self._dsn)
+            try:
+                if not await conn.fetchval(
+                    "SELECT pg_try_advisory_lock(hashtextextended($1, 0))", _WRITER_LOCK + consumer
+                ):
+                    await conn.close()
+                    return None
+                row = await conn.fetchrow(
+                    "INSERT INTO ingest_positions"
+                    " (consumer, stream, stream_created, stream_seq, writer_epoch, writer)"
+                    " VALUES ($1, '', '', 0, 1, $2) ON CONFLICT (consumer) DO UPDATE SET"
+                    " writer_epoch = ingest_positions.writer_epoch + 1, writer = EXCLUDED.writer"
+                    " RETURNING stream, stream_created, stream_seq, writer_epoch",
+                    consumer,
+                    writer,
+                )
+            except BaseException:
+                conn.terminate()
+                raise
+        assert row is not None
+        saved = (
+            StreamPosition(consumer, row["stream"], row["stream_created"], row["stream_seq"])
+            if row["stream"]
+            else None
+        )
+        return WriterLease(consumer, row["writer_epoch"], saved, conn)
+
+    async def writer_of(self, consumer: str) -> str:
+        """Who holds `consumer` (host:pid), as the holder recorded it; '' if unknown."""
+        async with translate_errors("reading the ingest writer"):
+            writer = await self._pool.fetchval(
+                "SELECT writer FROM ingest_positions WHERE consumer = $1", consumer
+            )
+        return str(writer or "")
 
     async def load_keys(self) -> dict[str, PublisherKey]:
         async with translate_errors("loading publisher keys"):

@@ -55,6 +55,8 @@ class BatchOutcome:
     appended: int = 0
     duplicates: int = 0
     quarantined: dict[str, int] = field(default_factory=dict)
+    quarantined_new: int = 0
+    """Quarantine rows written (a redelivered message already held is not written again)."""
     chains: dict[str, int] = field(default_factory=dict)
     """Head seq per chain after the batch."""
 
@@ -94,18 +96,59 @@ async def ingest_batch(
     executor: Executor | None = None,
     clock: Clock = utc_now,
     position: StreamPosition | None = None,
+    writer_epoch: int | None = None,
 ) -> BatchOutcome:
     """Admit, chain, quarantine and project one batch of broker messages.
 
     `position`, when given, is stored in the same transaction: the consumer's
-    progress is exactly as durable as the entries it produced."""
+    progress is exactly as durable as the entries it produced. `writer_epoch`,
+    when given, fences the transaction: it commits only while this process is
+    still the consumer's single writer (`WriterFencedError` otherwise)."""
     snapshot = await store.load_keys()
     verdicts = await admit_all(messages, snapshot, subject_prefix, executor)
     async with store.transaction() as tx:
-        outcome = await _apply(tx, verdicts, subject_prefix, clock)
+        if position is not None and writer_epoch is not None:
+            await tx.fence(position.consumer, writer_epoch)
+        outcome = await _apply(tx, verdicts, subject_prefix, clock, position=position)
         if position is not None:
             await tx.save_position(position)
         return outcome
+
+
+UNPROCESSABLE = "unprocessable"
+"""The quarantine reason of a message that made its batch fail for a reason that
+is not transient (isolated by the consumer; the detail names the failure)."""
+
+
+async def quarantine_unprocessable(
+    store: LedgerStore,
+    message: Incoming,
+    detail: str,
+    subject_prefix: str,
+    clock: Clock = utc_now,
+    position: StreamPosition | None = None,
+    writer_epoch: int | None = None,
+) -> BatchOutcome:
+    """Quarantine one message that cannot be processed, with its position, in one
+    transaction: it is kept (raw bytes, reason), and it no longer blocks what follows."""
+    async with store.transaction() as tx:
+        if position is not None and writer_epoch is not None:
+            await tx.fence(position.consumer, writer_epoch)
+        await tx.quarantine(
+            [Refused(message, UNPROCESSABLE, detail)],
+            clock().astimezone(UTC),
+            subject_prefix,
+            _incarnation(position),
+        )
+        if position is not None:
+            await tx.save_position(position)
+    return BatchOutcome(quarantined={UNPROCESSABLE: 1})
+
+
+def _incarnation(position: StreamPosition | None) -> str | None:
+    """Names the stream incarnation a stream sequence belongs to (sequences restart
+    when a stream is recreated)."""
+    return None if position is None else f"{position.stream}/{position.stream_created}"
 
 
 async def append_operator_event(
@@ -154,6 +197,7 @@ async def _apply(
     subject_prefix: str,
     clock: Clock,
     bootstrap: bool = False,
+    position: StreamPosition | None = None,
 ) -> BatchOutcome:
     outcome = BatchOutcome()
     # The ledger's clock, read once per batch, truncated to what is hashed.
@@ -229,7 +273,9 @@ async def _apply(
         projector.apply(v.event, entry.chain, entry.seq, entry.received_at)
     await tx.save_projection(projector, {h.chain: h.seq for h in touched})
 
-    await tx.quarantine(refused, received_at, subject_prefix)
+    outcome.quarantined_new = await tx.quarantine(
+        refused, received_at, subject_prefix, _incarnation(position)
+    )
     outcome.appended = len(entries)
     for r in refused:
         outcome.quarantined[r.reason] = outcome.quarantined.get(r.reason, 0) + 1
