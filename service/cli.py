@@ -442,7 +442,10 @@ def parse_ledger_key(text: str) -> bytes:
     try:
         if "+" in text:
             # name+keyid+base64(0x01 || key); the base64 part may itself hold '+'.
-            raw = base64.b64decode(text.split("+", 2)[2], validate=True)
+            parts = text.split("+", 2)
+            if len(parts) != 3:
+                raise ValueError("a verifier key is name+keyid+base64")
+            raw = base64.b64decode(parts[2], validate=True)
             if len(raw) != PUBLIC_KEY_SIZE + 1 or raw[0] != 1:
                 raise ValueError("not an Ed25519 verifier key")
             return raw[1:]
@@ -455,9 +458,9 @@ def parse_ledger_key(text: str) -> bytes:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from service.app.offline_verify import verify_export
+    from service.app.offline_verify import read_note, verify_export
 
-    trusted = [Path(p).read_text(encoding="utf-8") for p in args.checkpoint]
+    trusted = [read_note(p) for p in args.checkpoint]
     pinned = [parse_ledger_key(k) for k in args.ledger_key]
     progress = Progress("entries verified", rate=True)
     source = sys.stdin.buffer if args.file == "-" else Path(args.file)

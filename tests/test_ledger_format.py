@@ -109,16 +109,61 @@ def b64url_decode(text: str) -> bytes:
     return data
 
 
+MAX_JSON_DEPTH = 16  # section 4.1, E3
+MAX_INTEGER_DIGITS = 4300  # section 4.1, E6
+SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
 def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     if len({name for name, _ in pairs}) != len(pairs):
-        raise ValueError("repeated member name")
+        raise ValueError("repeated member name")  # E4
     return dict(pairs)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # E2
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError("number rounds to infinity")  # E6
+    return value
+
+
+def _integer(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INTEGER_DIGITS:
+        raise ValueError("integer of too many digits")  # E6
+    return int(text)
+
+
+def _depth_and_surrogates(value: Any) -> int:
+    """E3 and E5: the nesting depth of `value`; ValueError for a lone surrogate anywhere."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if SURROGATE_RE.search(item):  # json.loads joins pairs: what is left is lone
+                raise ValueError("lone surrogate")
+        elif isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            members = [*item, *item.values()] if isinstance(item, dict) else item
+            stack.extend((m, depth + 1) for m in members)
+    return deepest
+
+
 def parse_json_object(data: bytes) -> dict[str, Any] | None:
-    """Section 4.1: UTF-8 JSON, a repeated member name anywhere refused; None if not an object."""
+    """Section 4.1, E1-E6: the object the bytes hold, or None if they break a rule."""
     try:
-        value = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_members)
+        value = json.loads(
+            data.decode("utf-8"),  # E1 (json.loads refuses a leading BOM)
+            object_pairs_hook=_unique_members,
+            parse_constant=_no_constant,
+            parse_float=_finite,
+            parse_int=_integer,
+        )
+        if _depth_and_surrogates(value) > MAX_JSON_DEPTH:
+            return None
     except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
@@ -290,7 +335,25 @@ def verify_api_entries(chain: str, entries: Iterable[Mapping[str, Any]]) -> Brea
 
 NOTE_SIGNATURE_PREFIX = "\u2014 "  # EM DASH, SPACE
 DECIMAL_RE = re.compile(r"0|[1-9][0-9]*")
-TIME_LINE_RE = re.compile(r"time (\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6})Z")
+TIME_LINE_RE = re.compile(
+    r"time ([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})\.([0-9]{6})Z"
+)
+MAX_NOTE_BYTES = 65536
+MAX_NOTE_SIGNATURES = 100
+# Section 12.4 step 2: the White_Space characters a key name must not hold.
+WHITE_SPACE = set("\t\n\x0b\x0c\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000") | {
+    chr(c) for c in range(0x2000, 0x200B)
+}
+
+
+def canonical_b64(text: str) -> bytes:
+    """Section 1: padded standard base64 in its one spelling (ValueError on anything else)."""
+    if not re.fullmatch(r"[A-Za-z0-9+/]*={0,2}", text) or len(text) % 4:
+        raise ValueError("not padded base64")
+    data = base64.b64decode(text, validate=True)
+    if base64.b64encode(data).decode() != text:
+        raise ValueError("not canonical base64")
+    return data
 
 
 class NoteError(ValueError):
@@ -319,22 +382,32 @@ def note_key_id(name: str, public_key: bytes) -> bytes:
 
 def split_note(note: str) -> tuple[str, list[NoteSignature]]:
     """Section 12.4 steps 1-2: the signed text (through its last newline) and the signature lines."""
+    try:
+        if len(note.encode("utf-8")) > MAX_NOTE_BYTES:
+            raise NoteError("note too large")
+    except UnicodeEncodeError:
+        raise NoteError("note is not UTF-8") from None
     if any((ord(c) < 0x20 and c != "\n") or ord(c) == 0x7F for c in note):
         raise NoteError("control character in note")
     cut = note.rfind("\n\n")
     if cut < 0 or not note.endswith("\n"):
         raise NoteError("a note is text, an empty line, then signature lines")
     text, block = note[: cut + 1], note[cut + 2 : -1]
+    lines = block.split("\n") if block else []
+    if not 1 <= len(lines) <= MAX_NOTE_SIGNATURES:
+        raise NoteError("a note has 1 to 100 signature lines")
     signatures = []
-    for line in block.split("\n"):
+    for line in lines:
         if not line.startswith(NOTE_SIGNATURE_PREFIX):
             raise NoteError(f"not a signature line: {line!r}")
         name, _, blob_b64 = line[len(NOTE_SIGNATURE_PREFIX) :].partition(" ")
+        if not name or "+" in name or WHITE_SPACE & set(name):
+            raise NoteError(f"invalid key name {name!r}")
         try:
-            blob = base64.b64decode(blob_b64, validate=True)
-        except binascii.Error:
-            raise NoteError("signature is not base64") from None
-        if not name or len(blob) < 5:
+            blob = canonical_b64(blob_b64)
+        except (ValueError, binascii.Error):
+            raise NoteError("signature is not canonical base64") from None
+        if len(blob) < 5:
             raise NoteError("malformed signature line")
         signatures.append(NoteSignature(name, blob[:4], blob[4:]))
     return text, signatures
@@ -343,21 +416,24 @@ def split_note(note: str) -> tuple[str, list[NoteSignature]]:
 def parse_checkpoint_body(text: str) -> CheckpointBody:
     """Sections 12.2 and 12.4 step 4: origin, size, base64 head hash, exactly one `time` line."""
     lines = text.split("\n")
-    if lines[-1] != "" or len(lines) < 4:
-        raise NoteError("a body has at least three newline-terminated lines")
+    if lines[-1] != "" or len(lines) < 4 or "" in lines[:-1]:
+        raise NoteError("a body has at least three non-empty newline-terminated lines")
     origin, size, head_b64, *extensions = lines[:-1]
-    if not origin or not DECIMAL_RE.fullmatch(size) or "" in extensions:
-        raise NoteError("bad origin, size or empty extension line")
+    if not DECIMAL_RE.fullmatch(size) or len(size) > 19 or int(size) > 2**63 - 1:
+        raise NoteError("bad size")
     try:
-        head = base64.b64decode(head_b64, validate=True)
-    except binascii.Error:
-        raise NoteError("head hash is not base64") from None
+        head = canonical_b64(head_b64)
+    except (ValueError, binascii.Error):
+        raise NoteError("head hash is not canonical base64") from None
     if len(head) != 32:
         raise NoteError("head hash is not 32 bytes")
     times = [e for e in extensions if e.startswith("time ")]
     if len(times) != 1 or not (match := TIME_LINE_RE.fullmatch(times[0])):
         raise NoteError("a checkpoint has exactly one `time <RFC 3339, 6 digits>Z` line")
-    datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S.%f")  # a real instant
+    try:
+        datetime(*(int(part) for part in match.groups()))  # a real instant
+    except ValueError:
+        raise NoteError("the time is not an instant") from None
     return CheckpointBody(origin, int(size), head, times[0][len("time ") :])
 
 
@@ -393,6 +469,11 @@ ORG_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 HEX64_RE = re.compile(r"[0-9a-f]{64}")
 HEX_RE = re.compile(r"(?:[0-9a-f]{2})*")
 MAX_SEQ = 2**63 - 1
+MAX_LINE = 4 * 1024 * 1024  # section 13.1: bytes of a line, LF included
+LEDGER_NAME_RE = re.compile(r"[A-Za-z0-9._~/:-]{1,200}")
+EXPORTED_AT_RE = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{6}))?Z"
+)
 
 # Section 13.2: every member of every line type, and its JSON type.
 LINE_MEMBERS: dict[str, dict[str, type]] = {
@@ -413,7 +494,7 @@ SEQ_MEMBERS = {"from_seq", "to_seq", "chain_size", "seq", "entries"}
 
 
 def parse_export_line(raw: bytes) -> dict[str, Any]:
-    """Sections 13.1-13.2 (check L3): one JSON object with exactly the members of its type (ValueError if not)."""
+    """Sections 13.1-13.2 (check L5): one JSON object with exactly the members of its type (ValueError if not)."""
     line = parse_json_object(raw)
     if line is None or line.get("type") not in LINE_MEMBERS:
         raise ValueError("not a JSON object of a known line type")
@@ -434,8 +515,19 @@ def parse_export_line(raw: bytes) -> dict[str, Any]:
     for name in ("prev_hash", "entry_hash", "digest"):
         if name in members and not HEX64_RE.fullmatch(line[name]):
             raise ValueError(f"{name} must be 64 lowercase hex characters")
-    if line["type"] == "header" and datetime.fromisoformat(line["exported_at"]).tzinfo is None:
-        raise ValueError("exported_at carries no UTC offset")
+    if line["type"] == "header":
+        match = EXPORTED_AT_RE.fullmatch(line["exported_at"])
+        if match is None:
+            raise ValueError("exported_at is not YYYY-MM-DDThh:mm:ss[.ffffff]Z")
+        datetime(*(int(part or 0) for part in match.groups()))  # a real instant
+    if line["type"] == "end":
+        spelling = (
+            f'{{"type":"end","entries":{line["entries"]},"digest":"{line["digest"]}",'
+            f'"key_name":"{line["key_name"]}","key_id":"{line["key_id"]}",'
+            f'"signature":"{line["signature"]}"}}'
+        )
+        if raw.removesuffix(b"\n") != spelling.encode("utf-8"):
+            raise ValueError("the end line is not in its one spelling")
     return line
 
 
@@ -470,13 +562,17 @@ class ExportCheck:
         return self.walk.seq + 1
 
     def run(self, stream: BinaryIO) -> None:
-        for raw in stream:  # a binary stream splits at 0x0A only
+        while raw := stream.readline(MAX_LINE + 1):  # a binary stream splits at 0x0A only
             self.n += 1
-            if self.section == _DONE:
+            if self.section == _DONE:  # L1
                 raise self.fail("a line follows the trailer")
-            if not raw.endswith(b"\n"):
+            if len(raw) > MAX_LINE:  # L2
+                raise self.fail("the line is longer than 4 MiB", self.next_seq())
+            if not raw.endswith(b"\n"):  # L3
                 raise self.fail("the line is cut off (no newline)", self.next_seq())
-            try:
+            if b"\r" in raw:  # L4
+                raise self.fail("the line holds a CR", self.next_seq())
+            try:  # L5
                 line = parse_export_line(raw)
             except ValueError as e:
                 raise self.fail(f"not an export line: {e}", self.next_seq()) from None
@@ -511,8 +607,8 @@ class ExportCheck:
             raise self.fail("the header names no org chain")
         if not 1 <= h["from_seq"] <= h["to_seq"] <= h["chain_size"]:
             raise self.fail("the header's range is impossible")
-        if not h["ledger_name"]:
-            raise self.fail("the header names no ledger")
+        if not LEDGER_NAME_RE.fullmatch(h["ledger_name"]):
+            raise self.fail("the header names no valid ledger name")
         self.header = h
         self.section = _LEDGER
 
@@ -655,8 +751,12 @@ class ExportCheck:
         if end["digest"] != digest.hex():
             raise self.fail("the trailer's digest does not match the file")
         public_key = self.ledger.keys.active.get(end["key_id"])
-        if end["key_name"] != h["ledger_name"] or public_key is None:
+        if public_key is None:
             raise self.fail("the trailer is not signed by an active ledger key")
+        if end["key_name"] != self.ledger.keys.labels[end["key_id"]] or (
+            end["key_name"] != h["ledger_name"]
+        ):
+            raise self.fail("the trailer's key_name is not the signing key's name")
         try:
             signature = b64url_decode(end["signature"])
         except ValueError:
@@ -1074,7 +1174,7 @@ def _tampered_export(case: str) -> bytes:
         whole.append(whole[-2])
     elif case == "forged-checkpoint":
         i = _index(whole, "checkpoint")
-        whole[i] = _edit(whole[i], note=json.loads(whole[i])["note"].replace("+1zU=", "+1zV="))
+        whole[i] = _edit(whole[i], note=json.loads(whole[i])["note"].replace("+1zU=", "+1zQ="))
     elif case == "other-ledger-name":
         whole[0] = _edit(whole[0], ledger_name="ledger.other")
     elif case == "checkpoint-of-other-chain":

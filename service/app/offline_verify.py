@@ -45,10 +45,18 @@ from service.domain.audit import (
     parallel_verifier,
 )
 from service.domain.chain import GENESIS_PREV_HASH
-from service.domain.checkpoint import CheckpointError, origin_for, parse_body, split_note
+from service.domain.checkpoint import (
+    MAX_NOTE_BYTES,
+    CheckpointError,
+    origin_for,
+    parse_body,
+    split_note,
+)
 from service.domain.events import SLUG_PATTERN
 from service.domain.export_format import (
     FORMAT,
+    LEDGER_NAME,
+    MAX_LINE_BYTES,
     CheckpointLine,
     EndLine,
     EntryLine,
@@ -62,6 +70,7 @@ from service.domain.export_format import (
     signed_message,
 )
 from service.domain.signing import from_b64url, key_id_for, verify_signature
+from service.errors import ConfigError
 
 BATCH = 2000
 Progress = Callable[[int], None]
@@ -189,15 +198,29 @@ class _ExportVerifier:
     # -- reading ---------------------------------------------------------------------
 
     def run(self, stream: BinaryIO) -> None:
-        for raw in stream:
+        # readline with a limit: a file without LF never makes memory grow past a line.
+        while raw := stream.readline(MAX_LINE_BYTES + 1):
             self.line += 1
             if self.section == _DONE:
                 self._fail(f"line {self.line} follows the trailer", None, "end of file", "a line")
+            if len(raw) > MAX_LINE_BYTES:
+                self._flush()
+                self._fail(
+                    f"line {self.line} is too long", self._next_seq(),
+                    f"at most {MAX_LINE_BYTES} bytes with its LF", f"more than {MAX_LINE_BYTES}",
+                )  # fmt: skip
             if not raw.endswith(b"\n"):
                 self._flush()
                 self._fail(
                     f"line {self.line} is cut off", self._next_seq(),
                     "a newline-terminated line", f"{len(raw)} bytes without a newline",
+                )  # fmt: skip
+            cr = raw.find(b"\r")
+            if cr >= 0:
+                self._flush()
+                self._fail(
+                    f"line {self.line} holds a CR byte", self._next_seq(),
+                    "no 0x0D byte (lines end with LF alone)", f"CR at byte {cr + 1} of the line",
                 )  # fmt: skip
             try:
                 item = decode_line(raw)
@@ -281,8 +304,9 @@ class _ExportVerifier:
                 "1 <= from_seq <= to_seq <= chain_size",
                 f"{h.from_seq}, {h.to_seq}, {h.chain_size}",
             )  # fmt: skip
-        if not h.ledger_name:
-            self._fail("the header names no ledger", None, "a ledger name", "an empty one")
+        if not LEDGER_NAME.fullmatch(h.ledger_name):
+            self._fail("the header names no valid ledger name", None,
+                       "1-200 characters of A-Z a-z 0-9 . _ ~ / : -", repr(h.ledger_name[:210]))  # fmt: skip
         self.header = h
         self.section = _LEDGER
 
@@ -294,6 +318,11 @@ class _ExportVerifier:
             self._close_checkpoints()
         if self.section != _ENTRIES:
             self._out_of_order(line)
+        assert self.header is not None
+        if line.seq > self.header.to_seq:
+            self._flush()
+            self._fail("an entry beyond the range", line.seq,
+                       f"seqs up to {self.header.to_seq}", f"seq {line.seq}")  # fmt: skip
         self._add(line)
 
     def _add(self, line: EntryLine) -> None:
@@ -319,10 +348,8 @@ class _ExportVerifier:
         assert auditor is not None
         finding = auditor.check(batch, self.verify_many)
         if finding is not None:
-            line = next(
-                (n for e, n in zip(batch, lines, strict=True) if e.seq == finding.seq), None
-            )
-            raise _Failed(finding, line)
+            at = auditor.failed_at
+            raise _Failed(finding, lines[at] if at is not None else self.line)
         self.signatures += len(batch)
         if auditor is not self.ledger:
             self.entries += len(batch)
@@ -493,10 +520,15 @@ class _ExportVerifier:
                 "the trailer's digest does not match the file", None, digest.hex(), end.digest
             )
         public_key = self.ledger_keys.active.get(end.key_id)
-        if end.key_name != h.ledger_name or public_key is None:
+        if public_key is None:
             self._fail("the trailer is not signed by a registered ledger key", None,
-                       f"a key of {h.ledger_name} registered in {LEDGER_CHAIN}",
+                       f"a key of {h.ledger_name} active in {LEDGER_CHAIN}",
                        f"{end.key_name} key {end.key_id}")  # fmt: skip
+        label = self.ledger_keys.labels.get(end.key_id)
+        if end.key_name != h.ledger_name or end.key_name != label:
+            self._fail("the trailer's key_name is not the signing key's name", None,
+                       f"{label!r}, the label of key {end.key_id}, equal to ledger_name {h.ledger_name!r}",
+                       repr(end.key_name))  # fmt: skip
         try:
             signature = from_b64url(end.signature)
         except ValueError as e:
@@ -506,6 +538,25 @@ class _ExportVerifier:
                        f"an Ed25519 signature by ledger key {end.key_id}", "one that does not verify")  # fmt: skip
         self.signatures += 1
         self.section = _DONE
+
+
+def read_note(path: str | PathLike[str]) -> str:
+    """A checkpoint note kept by the auditor, read from a file (`--checkpoint`).
+
+    Raises `ConfigError` for a file that cannot be read, is larger than a note
+    may be (`MAX_NOTE_BYTES`), or is not UTF-8: that is a bad argument, not a
+    finding about the export."""
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read(MAX_NOTE_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"--checkpoint {path}: {e.strerror or e}") from e
+    if len(data) > MAX_NOTE_BYTES:
+        raise ConfigError(f"--checkpoint {path}: a note is at most {MAX_NOTE_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"--checkpoint {path}: not UTF-8 ({e.reason} at byte {e.start})") from e
 
 
 def item_type(item: ExportLine) -> str:

@@ -183,6 +183,8 @@ class ChainAuditor:
         authority in an org chain; never written by the ledger to `_ledger`)."""
         self.event_ids: set[str] = set()
         self._first_seq = after_seq + 1
+        self.failed_at: int | None = None
+        """After `check` returned a finding: the index of the entry it is about."""
 
     def expect_checkpoint(self, checkpoint: Checkpoint) -> Finding | None:
         """Remember a verified checkpoint; its head is compared when the walk reaches it."""
@@ -199,19 +201,23 @@ class ChainAuditor:
     def check(self, entries: Sequence[AuditEntry], verify_many: VerifyMany) -> Finding | None:
         """Check the next entries in order; returns the first failure, if any.
 
-        On failure the auditor is left in an undefined state: stop walking."""
+        On failure `failed_at` is the index in `entries` of the entry the finding is
+        about, and the auditor is left in an undefined state: stop walking."""
         pending: list[_Pending] = []
         structural: Finding | None = None
+        self.failed_at = None
         for entry in entries:
             result = self._step(entry)
             if isinstance(result, Finding):
                 structural = result
+                self.failed_at = len(pending)
                 break
             pending.append(_Pending(entry, result))
         if pending:
             oks = verify_many([(p.public_key, p.entry.event, p.entry.signature) for p in pending])
-            for p, ok in zip(pending, oks, strict=True):
+            for index, (p, ok) in enumerate(zip(pending, oks, strict=True)):
                 if not ok:
+                    self.failed_at = index
                     return Finding(
                         self.chain, p.entry.seq, "signature does not verify",
                         f"Ed25519 signature by key {p.entry.key_id} over the event bytes",
@@ -326,6 +332,8 @@ def _event_object(data: bytes) -> dict[str, object] | str:
         value = load_json_strict(data)
     except EventDecodeError as e:
         return e.detail
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        return str(e)
     if not isinstance(value, dict):
         return "not a JSON object"
     return value

@@ -22,6 +22,8 @@ which heads to compare. Pure: no I/O here.
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import datetime
 from typing import Annotated
 
@@ -32,6 +34,11 @@ from service.domain.audit import AuditEntry
 FORMAT = "trustledger-export/v1"
 SIGNATURE_DOMAIN = b"trustledger/export/v1\x00"
 MEDIA_TYPE = "application/x-ndjson"
+MAX_LINE_BYTES = 4 * 1024 * 1024
+"""The longest line a verifier reads, LF included (docs/ledger-format.md §13.1)."""
+LEDGER_NAME = re.compile(r"[A-Za-z0-9._~/:-]{1,200}")
+"""A ledger name, which is also its key's note key name (§12.1); use `fullmatch`."""
+_EXPORTED_AT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{6})?Z")
 
 HexHash = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
 HexBytes = Annotated[str, msgspec.Meta(pattern="^(?:[0-9a-f]{2})*$")]
@@ -106,12 +113,51 @@ def encode_line(line: ExportLine) -> bytes:
     return _encoder.encode(line) + b"\n"
 
 
+class _HeaderSpelling(msgspec.Struct):
+    exported_at: str
+
+
+_header_spelling = msgspec.json.Decoder(_HeaderSpelling)
+
+
 def decode_line(raw: bytes) -> ExportLine:
-    """Parse one line (with or without its newline); raises `ExportFormatError`."""
+    """Parse one line (with or without its newline); raises `ExportFormatError`.
+
+    The rules of docs/ledger-format.md §13.1-13.2 (check L5): one UTF-8 JSON
+    object of a line type, exactly its members with their types and ranges, no
+    member twice, no escaped lone surrogate, `exported_at` in its one spelling,
+    and the `end` line exactly as the writer spells it (nothing signs its bytes)."""
+    body = raw[:-1] if raw.endswith(b"\n") else raw
     try:
-        return _decoder.decode(raw)
+        item = _decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise ExportFormatError(str(e)) from e
+    # A re-encoding equal to the line cannot hide a repeated member; only lines
+    # not in the writer's spelling pay for a second, pair-by-pair parse.
+    if _encoder.encode(item) != body:
+        if isinstance(item, EndLine):
+            raise ExportFormatError(
+                f"the end line is not in its one spelling: {_encoder.encode(item).decode()}"
+            )
+        try:
+            json.loads(body, object_pairs_hook=_unique_members)
+        except ValueError as e:
+            raise ExportFormatError(str(e)) from e
+    if isinstance(item, Header):
+        spelling = _header_spelling.decode(body).exported_at
+        if not _EXPORTED_AT.fullmatch(spelling):
+            raise ExportFormatError(
+                f"exported_at {spelling[:40]!r} is not YYYY-MM-DDThh:mm:ss[.ffffff]Z"
+            )
+    return item
+
+
+def _unique_members(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    names = [name for name, _ in pairs]
+    if len(set(names)) != len(names):
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"member {', '.join(repeated)} appears more than once")
+    return dict(pairs)
 
 
 def entry_line(entry: AuditEntry) -> EntryLine:
