@@ -14,6 +14,7 @@ and passes it down.
 | TRUSTLEDGER_CONSUMER              | ingest                          |
 | TRUSTLEDGER_BATCH_MAX             | 500 events                      |
 | TRUSTLEDGER_FETCH_WAIT_MS         | 100                             |
+| TRUSTLEDGER_INGEST_STALL_S        | 30                              |
 | TRUSTLEDGER_DUPLICATE_WINDOW_S    | 120                             |
 | TRUSTLEDGER_LEDGER_NAME           | trustledger.local               |
 | TRUSTLEDGER_LEDGER_KEY_FILE       | <data dir>/ledger-key.json      |
@@ -56,6 +57,8 @@ class Settings:
     fetch_wait_s: float = 0.1
     """How long an idle fetch waits; also the most a lone event waits to be chained.
     Under load a fetch returns at once with what is there, up to `batch_max`."""
+    ingest_stall_s: int = 30
+    """Readiness fails when messages wait and ingest committed nothing for this long."""
     duplicate_window_s: float = 120.0
     ledger_name: str = "trustledger.local"
     """Names the ledger in checkpoints (origin `<name>/<chain>`) and its note key."""
@@ -152,6 +155,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
         subject_prefix=env.get("TRUSTLEDGER_SUBJECT_PREFIX") or defaults.subject_prefix,
         consumer=env.get("TRUSTLEDGER_CONSUMER") or defaults.consumer,
         batch_max=_int(env, "TRUSTLEDGER_BATCH_MAX", defaults.batch_max),
+        ingest_stall_s=_int(env, "TRUSTLEDGER_INGEST_STALL_S", defaults.ingest_stall_s),
         fetch_wait_s=_int(env, "TRUSTLEDGER_FETCH_WAIT_MS", int(defaults.fetch_wait_s * 1000))
         / 1000,
         duplicate_window_s=float(

@@ -112,6 +112,7 @@ async def run_roles(settings: Settings, roles: Roles, stop: asyncio.Event) -> No
                 settings.subject_prefix,
                 settings.batch_max,
                 settings.fetch_wait_s,
+                stall_s=settings.ingest_stall_s,
             )
             tasks.append(asyncio.create_task(worker.run(stop), name="ingest"))
             checks["ingest"] = worker.check_progress

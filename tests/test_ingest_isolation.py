@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -18,10 +19,12 @@ import pytest
 from conftest import (
     OrgKeyFactory,
     PublisherFactory,
+    RunningService,
     ServiceFactory,
     chain_entries,
     new_id,
     performed,
+    pg_execute,
     registered,
     wait_for_chain,
     wait_until,
@@ -39,6 +42,12 @@ from service.errors import WriterFencedError
 
 ORG = "acme"
 AGENT = "bot"
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Readiness reports a stall after 2 s here (30 s by default)."""
+    return replace(settings, ingest_stall_s=2)
 
 
 async def quarantine_rows(store: LedgerStore) -> list[asyncpg.Record]:
@@ -313,3 +322,71 @@ async def test_position_never_moves_back_when_a_batch_below_it_commits(
     other = StreamPosition("c", "S", "recreated", 3)
     await ingest_batch(store, [], "tl", position=other)
     assert await store.stream_position("c") == other  # a new stream incarnation starts over
+
+
+# ---- readiness tells the truth ---------------------------------------------------------------
+
+
+async def readiness(svc: RunningService) -> tuple[int, str]:
+    response = await svc.http.get("/readyz")
+    return response.status_code, response.text
+
+
+async def test_readiness_names_the_failure_while_commits_keep_failing_and_recovers(
+    start_service: ServiceFactory,
+    settings: Settings,
+    store: LedgerStore,
+    org_key: OrgKeyFactory,
+    publisher: PublisherFactory,
+) -> None:
+    """While every commit fails (transiently), /readyz answers 503 naming the error; once
+    the database accepts again, the batch commits and /readyz answers 200."""
+    assert settings.database_url is not None
+    svc = await start_service()
+    pub = await publisher(await org_key(ORG))
+    await install_refusal(settings.database_url, "NEW.kind = 'action.performed'", "57P03")
+    await pub.publish(performed(ORG, AGENT, "read", "r/blocked", t=1))
+
+    async def failing() -> bool:
+        status, body = await readiness(svc)
+        return status == 503 and "consecutive failed attempts" in body and "injected" in body
+
+    await wait_until(failing, 15, "/readyz to report the failing commits")
+    await pg_execute(settings.database_url, "DROP TRIGGER test_refuse ON ledger_entries")
+    await wait_for_chain(store, ORG, 2, timeout_s=20)
+    await wait_until(lambda: _ready(svc), 10, "/readyz to recover")
+
+
+async def _ready(svc: RunningService) -> bool:
+    return (await readiness(svc))[0] == 200
+
+
+async def test_readiness_fails_when_messages_wait_and_nothing_commits(
+    start_service: ServiceFactory,
+    settings: Settings,
+    store: LedgerStore,
+    org_key: OrgKeyFactory,
+    publisher: PublisherFactory,
+) -> None:
+    """A batch stuck without failing (its chain locked by someone else) makes /readyz 503
+    after the stall time, saying how many messages wait; it recovers when the lock goes."""
+    assert settings.database_url is not None
+    svc = await start_service()
+    pub = await publisher(await org_key(ORG))
+    blocker = await asyncpg.connect(settings.database_url)
+    try:
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("SELECT * FROM chains WHERE chain = $1 FOR UPDATE", ORG)
+        await pub.publish(registered(ORG, AGENT))
+
+        async def stalled() -> bool:
+            status, body = await readiness(svc)
+            return status == 503 and "no commit for" in body
+
+        await wait_until(stalled, 15, "/readyz to report the stall")
+        await tx.rollback()
+    finally:
+        await blocker.close()
+    await wait_for_chain(store, ORG, 2)
+    await wait_until(lambda: _ready(svc), 10, "/readyz to recover")

@@ -52,8 +52,6 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 10.0
 STANDBY_POLL_S = 2.0
-STALL_AFTER_S = 30.0
-"""Readiness fails when messages are pending and nothing committed for this long."""
 FAILING_AFTER = 3
 """Readiness fails after this many consecutive failed attempts to commit."""
 
@@ -90,6 +88,7 @@ class IngestWorker:
         fetch_wait_s: float,
         verify_threads: int = 2,
         standby_poll_s: float = STANDBY_POLL_S,
+        stall_s: float = 30.0,
     ) -> None:
         self._store = store
         self._bind = bind
@@ -100,6 +99,8 @@ class IngestWorker:
         self._batch_max = batch_max
         self._fetch_wait_s = fetch_wait_s
         self._standby_poll_s = standby_poll_s
+        self._stall_s = stall_s
+        """Readiness fails when messages wait and nothing committed for this long."""
         self._executor = ThreadPoolExecutor(verify_threads, thread_name_prefix="verify")
         self._consumer: EventConsumer | None = None
         self._writer = f"{socket.gethostname()}:{os.getpid()}"
@@ -153,7 +154,7 @@ class IngestWorker:
         waiting = undelivered + unacked
         since = self.status.last_commit_monotonic
         idle_s = time.monotonic() - (since if since is not None else self._active_since)
-        if waiting and idle_s > STALL_AFTER_S:
+        if waiting and idle_s > self._stall_s:
             raise RuntimeError(
                 f"no commit for {idle_s:.0f} s with {waiting} message(s) waiting"
                 + (f"; last error: {self.status.last_error}" if self.status.last_error else "")
