@@ -171,3 +171,112 @@ def test_admit_refuses_when_event_repeats_a_member() -> None:
     assert isinstance(verdict, Refused)
     assert verdict.reason == "schema_invalid"
     assert "duplicate member" in verdict.detail
+
+
+# --- hostile messages: headers, subjects and signed poison -----------------------------
+
+
+def _signed(data: bytes, subject: str = "tl.ev.acme.bot") -> Incoming:
+    return _message(data, subject=subject)
+
+
+def _action_with(**changes: object) -> bytes:
+    event = json.loads(_action())
+    event.update(changes)
+    return json.dumps(event).encode()
+
+
+_GOOD_SIGNATURE = b64url(ACME.sign(_action()))
+
+
+@pytest.mark.parametrize(
+    ("key_id", "signature", "reason"),
+    [
+        pytest.param("", _GOOD_SIGNATURE, "missing_signature", id="empty-key-id"),
+        pytest.param(ACME.key_id, "", "missing_signature", id="empty-signature"),
+        pytest.param(ACME.key_id + "\x00", _GOOD_SIGNATURE, "bad_key_id", id="key-id-nul"),
+        pytest.param("\x00" * 16, _GOOD_SIGNATURE, "bad_key_id", id="key-id-all-nul"),
+        pytest.param(ACME.key_id.upper(), _GOOD_SIGNATURE, "bad_key_id", id="key-id-uppercase"),
+        pytest.param(ACME.key_id + "0", _GOOD_SIGNATURE, "bad_key_id", id="key-id-17"),
+        pytest.param(ACME.key_id + "\n", _GOOD_SIGNATURE, "bad_key_id", id="key-id-newline"),
+        pytest.param(ACME.key_id[:15] + "\ud800", _GOOD_SIGNATURE, "bad_key_id", id="surrogate"),
+        pytest.param("é" * 16, _GOOD_SIGNATURE, "bad_key_id", id="key-id-non-ascii"),
+        pytest.param("f" * 1_000_000, _GOOD_SIGNATURE, "bad_key_id", id="key-id-1MB"),
+        pytest.param(
+            ACME.key_id, _GOOD_SIGNATURE[:-1] + "\x00", "bad_signature_encoding", id="sig-nul"
+        ),
+        pytest.param(
+            ACME.key_id,
+            _GOOD_SIGNATURE[:-1] + "\ud800",
+            "bad_signature_encoding",
+            id="sig-surrogate",
+        ),
+        pytest.param(ACME.key_id, _GOOD_SIGNATURE + "==", "bad_signature_encoding", id="padded"),
+        pytest.param(ACME.key_id, "A" * 1_000_000, "bad_signature_encoding", id="sig-1MB"),
+        pytest.param(
+            ACME.key_id, "+" + _GOOD_SIGNATURE[1:], "bad_signature_encoding", id="sig-plus"
+        ),
+    ],
+)
+def test_admit_refuses_before_any_lookup_when_headers_are_hostile(
+    key_id: str, signature: str, reason: str
+) -> None:
+    """Malformed, oversized, NUL or surrogate headers are refused by pattern, with a printable detail."""
+    message = Incoming("tl.ev.acme.bot", _action(), key_id, signature, 7)
+    verdict = admit(message, KEYS, "tl")
+    assert isinstance(verdict, Refused)
+    assert (verdict.reason, verdict.reason in REASONS) == (reason, True)
+    assert verdict.detail.isprintable()
+    assert len(verdict.detail) <= 512
+
+
+def _deep(depth: int) -> bytes:
+    return b'{"x":' + b"[" * depth + b"]" * depth + b"," + _action()[1:]
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        pytest.param(_deep(1_000), "schema_invalid", id="nested-1000-before-kind"),
+        pytest.param(_deep(30_000), "schema_invalid", id="nested-30000-before-kind"),
+        pytest.param(
+            _action_with(amount={"amount_minor": 2**63, "currency": "EUR"}),
+            "schema_invalid",
+            id="amount-2^63",
+        ),
+        pytest.param(_action_with(resource="a\x00b"), "schema_invalid", id="nul-in-text"),
+        pytest.param(_action_with(kind="action.performed\x00"), "schema_invalid", id="nul-kind"),
+        pytest.param(_action_with(**{"agent\x00": "bot"}), "schema_invalid", id="nul-member"),
+        pytest.param(_action()[:-1] + b',"x":"\\ud800"}', "malformed_json", id="surrogate"),
+        pytest.param(_action()[:-1] + b',"x":NaN}', "malformed_json", id="nan"),
+        pytest.param(
+            _action()[:-1] + b" " * 65_536 + b"}", "event_too_large", id="over-max-event-bytes"
+        ),
+    ],
+)
+def test_admit_refuses_with_reason_when_signed_event_is_poison(data: bytes, reason: str) -> None:
+    """Signed poison (deep nesting, huge ints, NULs, surrogates, NaN, oversize) is refused, never raised."""
+    verdict = admit(_signed(data), KEYS, "tl")
+    assert isinstance(verdict, Refused)
+    assert verdict.reason == reason
+    assert verdict.detail.isprintable()
+
+
+def test_admit_refuses_with_printable_detail_when_subject_holds_nul() -> None:
+    """A NUL or surrogate in the subject's org token is a subject_mismatch with an escaped detail."""
+    for subject in ("tl.ev.acme\x00.bot", "tl.ev.\ud800.bot", "tl.ev.acme.bot\x00"):
+        verdict = admit(_signed(_action(), subject=subject), KEYS, "tl")
+        if subject.endswith("\x00"):
+            assert isinstance(verdict, Admitted)  # the agent token is not checked (docs §1)
+            continue
+        assert isinstance(verdict, Refused)
+        assert verdict.reason == "subject_mismatch"
+        assert verdict.detail.isprintable()
+
+
+@pytest.mark.parametrize(
+    "subject", ["tl.ev.acme\x00.bot", "tl.ev.ACME.bot", "tl.ev.\ud800.bot", "tl.ev.a*.bot"]
+)
+def test_subject_org_is_none_when_org_token_is_not_a_slug(subject: str) -> None:
+    """Only a slug is returned as the claimed org, so it is always safe to store."""
+    assert subject_org(subject, "tl") is None

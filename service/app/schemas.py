@@ -25,7 +25,7 @@ from pathlib import Path
 import msgspec
 
 from service.domain import events
-from service.domain.events import EVENT_TYPES, Event
+from service.domain.events import EVENT_TYPES, MAX_EVENT_BYTES, MAX_JSON_DEPTH, Event
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_BASE_URI = "https://trustledger.dev/schemas/v1/"
@@ -48,7 +48,10 @@ def render_schemas() -> dict[str, bytes]:
             description=(
                 "Any event a publisher may put on NATS: a tagged union on `kind`. "
                 "Unknown fields are refused; times are RFC 3339 in UTC; amounts are "
-                "integers in minor units."
+                "integers in minor units. Bounds beyond this schema: at most "
+                f"{MAX_EVENT_BYTES} bytes of UTF-8 JSON, nesting at most {MAX_JSON_DEPTH} "
+                "arrays and objects deep, no repeated member name, no escaped lone "
+                "surrogate, no NaN or Infinity."
             ),
         )
     }
