@@ -41,6 +41,7 @@ from service import metrics
 from service.adapters.broker import Delivery, EventConsumer
 from service.adapters.postgres import LedgerStore, StreamPosition, WriterLease
 from service.app.ingest import BatchOutcome, ingest_batch, quarantine_unprocessable
+from service.domain.admission import Incoming
 from service.errors import (
     BrokerError,
     DeliveryGapError,
@@ -306,15 +307,36 @@ class IngestWorker:
             delivery.incoming.stream_seq, detail,
         )  # fmt: skip
 
-        async def attempt() -> BatchOutcome:
+        async def quarantine(message: Incoming, why: str) -> BatchOutcome:
             return await quarantine_unprocessable(
                 self._store,
-                delivery.incoming,
-                detail,
+                message,
+                why,
                 self._prefix,
                 position=self._advanced([delivery]),
                 writer_epoch=lease.epoch,
             )
+
+        async def attempt() -> BatchOutcome:
+            try:
+                return await quarantine(delivery.incoming, detail)
+            except (WriterFencedError, StorageUnavailableError):
+                raise
+            except Exception as e:
+                # Not even the quarantine row could be stored as received: keep the
+                # raw bytes with nothing else; if that fails too, the database is
+                # refusing everything, so wait and retry (readiness says so).
+                log.error("quarantine refused stream seq %d (%s); storing its bytes only",
+                          delivery.incoming.stream_seq, e)  # fmt: skip
+                bare = Incoming(
+                    "", delivery.incoming.data, None, None, delivery.incoming.stream_seq
+                )
+                try:
+                    return await quarantine(bare, f"{detail}; quarantine refused the row: {e}")
+                except (WriterFencedError, StorageUnavailableError):
+                    raise
+                except Exception as again:
+                    raise StorageUnavailableError(f"quarantine refused: {again}") from again
 
         return await self._retrying(attempt, [delivery], lease, stop)
 
