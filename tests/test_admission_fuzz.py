@@ -109,7 +109,7 @@ _JSON = st.recursive(
 )
 
 
-@FAST
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     members=st.dictionaries(_ANY_TEXT, _JSON, max_size=8),
     kind=st.sampled_from(["action.performed", "commitment.declared", "agent.registered", "x"]),

@@ -6,15 +6,20 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import nats.js.errors
 import pytest
 
+from service.adapters import broker
 from service.app.schemas import render_schemas
+from service.config import Settings
+from service.domain.admission import KEY_ID_HEADER, SIGNATURE_HEADER
 from service.domain.events import (
     MAX_COUNT,
     MAX_EVENT_BYTES,
     MAX_JSON_DEPTH,
     MAX_LIST_ITEMS,
     MAX_SAFE_INTEGER,
+    STREAM_MAX_MESSAGE_BYTES,
     EventDecodeError,
     decode_event,
     load_json_strict,
@@ -424,3 +429,22 @@ def test_checked_in_schema_states_the_bounds_when_read() -> None:
     assert f'"maximum": {MAX_COUNT}' in text
     assert f'"maxItems": {MAX_LIST_ITEMS}' in text
     assert f"{MAX_EVENT_BYTES} bytes" in text
+
+
+async def test_stream_refuses_publish_when_message_exceeds_its_max_size(settings: Settings) -> None:
+    """The stream stores an event of MAX_EVENT_BYTES with its headers; a larger message is
+    refused to its publisher, never stored."""
+    assert settings.nats_url is not None
+    nc = await broker.connect(settings.nats_url, name="test-max-message")
+    try:
+        js = nc.jetstream()
+        await broker.ensure_stream(js, settings)
+        subject = f"{settings.subject_prefix}.ev.acme.bot"
+        headers = {KEY_ID_HEADER: "0" * 16, SIGNATURE_HEADER: "A" * 86, "Nats-Msg-Id": "x" * 200}
+        ack = await js.publish(subject, b" " * MAX_EVENT_BYTES, headers=headers)
+        assert ack.seq == 1
+        with pytest.raises(nats.js.errors.APIError, match="maximum"):
+            await js.publish(subject, b" " * (STREAM_MAX_MESSAGE_BYTES + 1))
+        assert (await js.stream_info(settings.stream)).state.messages == 1
+    finally:
+        await nc.close()

@@ -30,6 +30,7 @@ from nats.js.api import (
 
 from service.config import Settings
 from service.domain.admission import KEY_ID_HEADER, SIGNATURE_HEADER, Incoming
+from service.domain.events import STREAM_MAX_MESSAGE_BYTES
 from service.errors import BrokerError, DeliveryGapError
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,9 @@ def stream_config(settings: Settings) -> StreamConfig:
         retention=RetentionPolicy.LIMITS,
         max_age=STREAM_MAX_AGE_S,
         duplicate_window=settings.duplicate_window_s,
+        # An event over MAX_EVENT_BYTES is quarantined (`event_too_large`); one
+        # that would not even fit this is refused to its publisher outright.
+        max_msg_size=STREAM_MAX_MESSAGE_BYTES,
     )
 
 
