@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -223,6 +224,34 @@ def test_scope_violations_flagged_when_action_or_resource_unmatched(
 ) -> None:
     """Action and resource patterns are checked in that order, each reported."""
     result = evaluate(_facts(action=action, resource=resource), _one(_terms()), {}, retired=False)
+    assert _kinds(result) == expected
+
+
+@pytest.mark.parametrize(
+    ("resources", "resource", "expected"),
+    [
+        pytest.param(
+            ("arn:aws:s3:::*/*/*/*.json",) * 64,
+            "arn:aws:s3:::" + "/" * 1011,
+            ["resource_out_of_bounds"],
+            id="s3_bound_vs_slashes",
+        ),
+        pytest.param(
+            ("*a*a*a*a*a*b",) * 64, "a" * 1024, ["resource_out_of_bounds"], id="stars_vs_a_run"
+        ),
+        pytest.param(("*a*a*a*a*a*b",), "a" * 1023 + "b", [], id="stars_match_at_the_end"),
+    ],
+)
+def test_scope_judged_in_bounded_time_when_patterns_would_make_a_regex_backtrack(
+    resources: tuple[str, ...], resource: str, expected: list[str]
+) -> None:
+    """A hostile resource against bounds at their limits is judged in well under a second
+    (a backtracking matcher took seconds to hours and blocked the event loop)."""
+    started = time.perf_counter()
+    result = evaluate(
+        _facts(resource=resource), _one(_terms(resources=resources)), {}, retired=False
+    )
+    assert time.perf_counter() - started < 0.5
     assert _kinds(result) == expected
 
 
