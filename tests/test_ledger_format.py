@@ -233,9 +233,12 @@ class ChainCheck:
         # 2. link
         if bytes.fromhex(entry["prev_hash"]) != self.head:
             raise Broken(seq, "prev_hash does not equal the previous entry_hash")
-        # 3. hash
+        # 4. field shapes (before the hash: a key id that is not ASCII has no encoding)
         key_id = entry["key_id"]
         signature = bytes.fromhex(entry["signature"])
+        if not KEY_ID_RE.fullmatch(key_id) or len(signature) != 64:
+            raise Broken(seq, "malformed key id or signature")
+        # 3. hash
         try:
             event = entry["event"].encode("utf-8")
         except UnicodeEncodeError:
@@ -245,9 +248,6 @@ class ChainCheck:
         )
         if computed != bytes.fromhex(entry["entry_hash"]):
             raise Broken(seq, "entry_hash does not match the recomputed hash")
-        # 4. field shapes
-        if not KEY_ID_RE.fullmatch(key_id) or len(signature) != 64:
-            raise Broken(seq, "malformed key id or signature")
         # 5. the event: UTF-8 JSON object of this org, id unique in the chain
         doc = parse_json_object(event)
         if doc is None or not isinstance(doc.get("kind"), str):
@@ -595,7 +595,7 @@ class ExportCheck:
         }
 
     def out_of_order(self, line: dict[str, Any]) -> Broken:
-        return self.fail(f"a {line['type']} line is out of order")
+        return self.fail(f"a {line['type']} line is out of order", self.next_seq())
 
     # step 1: the header
     def header_line(self, h: dict[str, Any]) -> None:
