@@ -19,9 +19,10 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -383,6 +384,17 @@ def test_both_verifiers_agree_when_export_has_an_edge_case(case: Case) -> None:
     assert _service(data) == case.refused_at, f"trustledger verify, rule {case.rule}"
 
 
+@pytest.fixture
+def keep_logging() -> Iterator[None]:
+    """`main` points the root logger at its stderr; give pytest's logging back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("keep_logging")
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_cli_exits_with_the_verdict_when_export_has_an_edge_case(
     case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str]
