@@ -24,10 +24,12 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from service import metrics
 from service.adapters import broker
+from service.adapters.data_dir_lock import DataDirLock
 from service.adapters.embedded import EmbeddedNats, EmbeddedPostgres
 from service.adapters.keyfile import load_or_create_key
 from service.adapters.migrations import migrate
 from service.adapters.postgres import LedgerStore, StreamPosition
+from service.adapters.supervision import Supervisor
 from service.api.app import HealthCheck, create_app
 from service.app.checkpoints import make_due_checkpoints
 from service.app.consumer import IngestWorker
@@ -261,11 +263,22 @@ def run_role(settings: Settings, roles: Roles) -> None:
 
 
 def run_up(settings: Settings) -> None:
-    """Everything on one machine: embedded servers unless URLs are given, then every role."""
+    """Everything on one machine: embedded servers unless URLs are given, then every role.
+
+    The data folder is locked first, so a second `up` on it is refused before it
+    touches anything. A supervisor restarts an embedded server that dies; when it
+    cannot, the roles stop and its EmbeddedServerError is raised."""
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
+    with DataDirLock.acquire(data_dir, f"http://{settings.host}:{settings.port}"):
+        _up_locked(settings)
+
+
+def _up_locked(settings: Settings) -> None:
+    data_dir = settings.data_dir
     _check_port_free(settings.host, settings.port)  # before minutes of first-run initdb
     postgres = nats = None
+    supervisor: Supervisor | None = None
     # SIGTERM during the embedded servers' start must still stop them: turn it
     # into KeyboardInterrupt until the event loop installs its own handlers.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -281,17 +294,38 @@ def run_up(settings: Settings) -> None:
             log.info("embedded NATS at %s", nats_url)
         settings = settings.with_servers(database_url, nats_url)
         _write_runtime(settings)
+        supervisor = Supervisor([server for server in (postgres, nats) if server is not None])
         signal.signal(signal.SIGTERM, previous)
-        asyncio.run(_serve_until_signal(settings, Roles()))
+        asyncio.run(_serve_supervised(settings, supervisor))
     except KeyboardInterrupt:
         log.info("interrupted")
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if supervisor is not None:
+            # Only now: the roles have stopped, and the servers it restarted get
+            # their stop signal when its thread ends (see supervision.py).
+            supervisor.close()
         (data_dir / RUNTIME_FILE).unlink(missing_ok=True)
         if nats is not None:
             nats.stop()
         if postgres is not None:
             postgres.stop()
+    if supervisor is not None and supervisor.failure is not None:
+        raise supervisor.failure
+
+
+async def _serve_supervised(settings: Settings, supervisor: Supervisor) -> None:
+    """Every role until SIGINT/SIGTERM, or until an embedded server is lost for good."""
+    stop = asyncio.Event()
+    _install_stop_signals(stop)
+    loop = asyncio.get_running_loop()
+
+    def give_up() -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nothing left to stop
+            loop.call_soon_threadsafe(stop.set)
+
+    supervisor.start(give_up)
+    await run_roles(settings, Roles(), stop)
 
 
 def _write_runtime(settings: Settings) -> None:

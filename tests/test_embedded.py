@@ -10,8 +10,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -21,6 +22,7 @@ from nats.js.api import StorageType
 
 from service.adapters import embedded
 from service.adapters.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServerError
+from service.adapters.supervision import RestartPolicy, Supervisor, describe_exit
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
 
@@ -198,13 +200,15 @@ def test_servers_retry_another_port_when_first_port_is_taken(
     assert asyncio.run(_pg_fetchval(dsn, "SELECT 1")) == 1
 
 
-def test_start_raises_with_log_when_data_dir_holds_foreign_files(tmp_path: Path) -> None:
-    """initdb failing on a non-empty, non-cluster dir surfaces as EmbeddedServerError."""
+def test_start_raises_when_data_dir_holds_foreign_files(tmp_path: Path) -> None:
+    """A non-empty dir that holds no cluster is refused, and left as it was."""
     data_dir = tmp_path / "pg"
     data_dir.mkdir()
     (data_dir / "something.txt").write_text("not a cluster")
-    with pytest.raises(EmbeddedServerError, match="initdb failed"):
+    with pytest.raises(EmbeddedServerError, match="not empty but holds no cluster"):
         EmbeddedPostgres(data_dir).start()
+    assert [p.name for p in tmp_path.iterdir()] == ["pg"]
+    assert [p.name for p in data_dir.iterdir()] == ["something.txt"]
 
 
 def test_start_raises_when_nats_binary_is_missing(
@@ -282,3 +286,131 @@ def test_postgres_starts_when_stale_pid_file_names_an_unrelated_process(tmp_path
     finally:
         unrelated.kill()
         unrelated.wait()
+
+
+# ---- restart on the same port, supervision -------------------------------------------------------
+
+
+def _pg_write(url: str) -> None:
+    asyncio.run(_pg_execute(url, "CREATE TABLE kept (x int); INSERT INTO kept VALUES (7)"))
+
+
+def _pg_read(url: str) -> object:
+    return asyncio.run(_pg_fetchval(url, "SELECT x FROM kept"))
+
+
+def _nats_write(url: str) -> None:
+    asyncio.run(_js_publish(url, b"durable"))
+
+
+def _nats_read(url: str) -> object:
+    return asyncio.run(_js_read_first(url))
+
+
+SERVERS = [
+    pytest.param(EmbeddedPostgres, _pg_write, _pg_read, 7, id="postgres"),
+    pytest.param(EmbeddedNats, _nats_write, _nats_read, b"durable", id="nats"),
+]
+
+
+def _kill(server: EmbeddedPostgres | EmbeddedNats) -> int:
+    """SIGKILL the server; return its return code once it is gone."""
+    assert server.pid is not None
+    os.kill(server.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while (code := server.exit_code()) is None:
+        assert time.monotonic() < deadline, "server still running after SIGKILL"
+        time.sleep(0.05)
+    return code
+
+
+@pytest.mark.parametrize(("server_class", "write", "read", "expected"), SERVERS)
+def test_server_comes_back_on_its_port_with_its_data_when_killed_and_restarted(
+    tmp_path: Path,
+    server_class: type[EmbeddedPostgres | EmbeddedNats],
+    write: Callable[[str], None],
+    read: Callable[[str], object],
+    expected: object,
+) -> None:
+    """restart() after a SIGKILL serves the same URL and the data written before the kill."""
+    with server_class(tmp_path / "server") as server:
+        url = server.url
+        write(url)
+        old_pid = server.pid
+        assert _kill(server) == -signal.SIGKILL
+        assert server.restart() == url
+        assert server.pid != old_pid
+        assert server.exit_code() is None
+        assert read(url) == expected
+
+
+def test_supervisor_restarts_every_server_when_all_are_killed(
+    postgres: EmbeddedPostgres, nats_server: EmbeddedNats
+) -> None:
+    """Servers that die together are each restarted on their port, and counted."""
+    urls = (postgres.start(), nats_server.start())
+    supervisor = Supervisor([postgres, nats_server], RestartPolicy(poll_interval_s=0.05))
+    supervisor.start()
+    try:
+        for pid in (postgres.pid, nats_server.pid):
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while supervisor.restarts != {"postgres": 1, "nats": 1}:
+            assert time.monotonic() < deadline, f"restarts: {supervisor.restarts}"
+            time.sleep(0.05)
+        assert (postgres.url, nats_server.url) == urls
+        assert asyncio.run(_pg_fetchval(postgres.url, "SELECT 1")) == 1
+        asyncio.run(_js_publish(nats_server.url, b"after"))
+    finally:
+        supervisor.close()
+    assert supervisor.failure is None
+
+
+def test_supervisor_gives_up_and_says_why_when_the_port_stays_taken(
+    nats_server: EmbeddedNats,
+) -> None:
+    """A server whose port another process took is tried `attempts` times, then reported."""
+    nats_server.start()
+    port = nats_server.port
+    assert port is not None
+    gave_up = threading.Event()
+    supervisor = Supervisor(
+        [nats_server], RestartPolicy(attempts=2, first_delay_s=0.1, poll_interval_s=0.5)
+    )
+    supervisor.start(gave_up.set)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            _kill(nats_server)
+            squatter.bind(("127.0.0.1", port))
+            squatter.listen()
+            assert gave_up.wait(20), "the supervisor never gave up"
+    finally:
+        supervisor.close()
+    assert supervisor.restarts == {"nats": 0}
+    assert str(supervisor.failure) == (
+        f"embedded nats died (killed by SIGKILL) and could not be restarted on 127.0.0.1:{port} "
+        f"in 2 attempts: nats cannot listen on 127.0.0.1:{port} again: another process took "
+        "that port"
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "described"),
+    [(-9, "killed by SIGKILL"), (-15, "killed by SIGTERM"), (0, "exited with code 0"),
+     (1, "exited with code 1"), (-200, "killed by signal 200")],
+)  # fmt: skip
+def test_exit_is_described_plainly_when_a_server_ends(code: int, described: str) -> None:
+    """A return code reads as the signal's name or the exit code."""
+    assert describe_exit(code) == described
+
+
+@pytest.mark.parametrize(
+    ("attempt", "delay_s"), [(1, 0.0), (2, 0.5), (3, 1.0), (4, 2.0), (5, 4.0), (6, 8.0), (9, 8.0)]
+)
+def test_restart_delay_doubles_up_to_its_ceiling_when_attempts_fail(
+    attempt: int, delay_s: float
+) -> None:
+    """The first restart is immediate; later ones wait 0.5 s, doubling, at most 8 s."""
+    assert RestartPolicy().delay_before(attempt) == delay_s

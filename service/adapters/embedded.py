@@ -8,10 +8,14 @@ On Linux each server is started with a parent-death signal, so a parent killed w
 SIGKILL doesn't leave orphan servers. The kernel sends that signal when the *thread*
 that started the child exits, not only the process. Call `start()` from a
 long-lived thread (normally the main thread), not from a short-lived worker thread.
+
+`restart()` brings a server that died back on the port it had, so its URL stays
+valid; `service.adapters.supervision` watches the servers and calls it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -24,6 +28,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -56,6 +61,10 @@ _PR_SET_PDEATHSIG = 1
 
 class EmbeddedServerError(TrustLedgerError):
     """An embedded server could not be started."""
+
+
+class _StartCancelledError(EmbeddedServerError):
+    """A start was cancelled (the supervisor is closing) before the server was ready."""
 
 
 class _PortTakenError(Exception):
@@ -165,18 +174,49 @@ def _proc_cwd(pid: int) -> str | None:
         return None
 
 
-def _pids_with_cwd(directory: Path) -> list[int]:
-    """Live processes whose working directory is `directory` (Linux only).
+def _postgres_pids_in(directory: Path) -> list[int]:
+    """Live PostgreSQL processes whose working directory is `directory` (Linux only).
 
     Every PostgreSQL process chdirs into its data directory, so this finds a
-    cluster's postmaster and backends alike.
+    cluster's postmaster and backends alike. The executable is checked too, so
+    that a shell someone left in that directory is never taken for a backend.
     """
     target = str(directory)
+    binary = str(_pg_bin() / "postgres")
     found = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and _proc_cwd(int(entry.name)) == target:
-            found.append(int(entry.name))
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        if _proc_cwd(pid) != target or not _proc_alive(pid):
+            continue
+        try:
+            exe = os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            continue
+        if exe == binary:
+            found.append(pid)
     return found
+
+
+def _kill_postgres_in(directory: Path, grace_s: float) -> None:
+    """Wait up to `grace_s` for the PostgreSQL processes left in `directory` to exit, then kill them.
+
+    After its postmaster is killed (SIGKILL), a backend notices and exits on its own
+    within moments, but until it does it holds the old shared memory, and a new
+    postmaster refuses to start ("pre-existing shared memory block is still in use").
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    deadline = time.monotonic() + grace_s
+    while (left := _postgres_pids_in(directory)) and time.monotonic() < deadline:
+        time.sleep(_POLL_INTERVAL_S)
+    for pid in left:
+        _log.warning("killing postgres process %d left behind in %s", pid, directory)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for pid in left:
+        _wait_gone(pid, 10.0)
 
 
 class _ChildServer:
@@ -190,6 +230,13 @@ class _ChildServer:
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_fh: IO[bytes] | None = None
         self._url: str | None = None
+        self._port: int | None = None  # kept after a stop, for restart()
+        self._cancel: threading.Event | None = None
+
+    @property
+    def kind(self) -> str:
+        """What this server is, for log lines: "postgres" or "nats"."""
+        return self._kind
 
     @property
     def url(self) -> str:
@@ -203,8 +250,41 @@ class _ChildServer:
         """The server process id, or None when not started."""
         return None if self._proc is None else self._proc.pid
 
-    def start(self) -> str:
+    @property
+    def port(self) -> int | None:
+        """The port the server listens on, or last listened on; None before the first start."""
+        return self._port
+
+    def exit_code(self) -> int | None:
+        """How the started server ended (negative: killed by that signal); None while it runs
+        or when it was not started, or was stopped by stop()."""
+        return None if self._proc is None else self._proc.poll()
+
+    def start(self, port: int | None = None) -> str:
+        """Start the server on `port`, or on a free port; return its URL."""
         raise NotImplementedError
+
+    def restart(self, cancel: threading.Event | None = None) -> str:
+        """Start again, on the port of the previous start, a server that died.
+
+        Setting `cancel` makes a restart in progress give up (with an
+        EmbeddedServerError) instead of waiting for the server to be ready."""
+        if self._port is None:
+            raise EmbeddedServerError(f"embedded {self._kind} was never started")
+        port = self._port
+        self.stop()
+        self._cancel = cancel
+        try:
+            return self.start(port)
+        finally:
+            self._cancel = None
+
+    def _pause(self) -> None:
+        """Sleep one poll interval of a readiness wait, unless the start is cancelled."""
+        if self._cancel is None:
+            time.sleep(_POLL_INTERVAL_S)
+        elif self._cancel.wait(_POLL_INTERVAL_S):
+            raise _StartCancelledError(f"start of embedded {self._kind} cancelled")
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """Ask the server to shut down; kill it if it takes longer than `timeout_s`."""
@@ -270,32 +350,40 @@ class _ChildServer:
     def log_path(self) -> Path:
         raise NotImplementedError
 
-    def _serve_on_free_port(
+    def _serve(
         self,
         command: Callable[[int], list[str]],
         wait_ready: Callable[[subprocess.Popen[bytes], int, int], None],
         url_for: Callable[[int], str],
+        fixed_port: int | None,
         user: str | None = None,
     ) -> str:
-        """Spawn on a fresh free port until the server binds it and answers.
+        """Spawn on `fixed_port`, or on a fresh free port until the server binds it and answers.
 
         Another process may take the port between `free_tcp_port()` and the
-        server's bind; `wait_ready` raises `_PortTakenError` then, and we retry."""
+        server's bind; `wait_ready` raises `_PortTakenError` then, and we retry
+        on another port (not when the port is fixed: clients know that one)."""
         try:
             for attempt in range(1, _PORT_ATTEMPTS + 1):
-                port = free_tcp_port()
+                port = free_tcp_port() if fixed_port is None else fixed_port
                 log_offset = _file_size(self.log_path)
                 proc = self._spawn(command(port), self.log_path, self._stop_signal, user=user)
                 try:
                     wait_ready(proc, port, log_offset)
                 except _PortTakenError:
-                    _log.info("port %d was taken (attempt %d); retrying", port, attempt)
                     self._abort(proc)
+                    if fixed_port is not None:
+                        raise EmbeddedServerError(
+                            f"{self._kind} cannot listen on 127.0.0.1:{port} again: "
+                            "another process took that port"
+                        ) from None
+                    _log.info("port %d was taken (attempt %d); retrying", port, attempt)
                     continue
                 except BaseException:
                     self._abort(proc)
                     raise
                 self._proc = proc
+                self._port = port
                 self._url = url_for(port)
                 _log.info("embedded %s ready at %s (pid %d)", self._kind, self._url, proc.pid)
                 return self._url
@@ -329,7 +417,10 @@ class EmbeddedPostgres(_ChildServer):
     """A PostgreSQL 16 server (binaries from pgserver) on a free port of 127.0.0.1.
 
     `data_dir` is the cluster directory itself (PGDATA); it must be dedicated to
-    this server, since initdb wants it empty or missing on first start.
+    this server, and empty or missing on first start. The cluster is made by
+    initdb in a sibling `<data_dir>.initdb` and renamed into place once complete,
+    so a first start killed halfway leaves no half-made cluster that later starts
+    would take for a real one; the next start removes the sibling and begins again.
     """
 
     _kind = "postgres"
@@ -344,7 +435,12 @@ class EmbeddedPostgres(_ChildServer):
         """Where the server's stdout/stderr go (appended)."""
         return self.data_dir / "postgres.log"
 
-    def start(self) -> str:
+    @property
+    def staging_dir(self) -> Path:
+        """Where initdb builds a new cluster before it is renamed to `data_dir`."""
+        return self.data_dir.with_name(self.data_dir.name + ".initdb")
+
+    def start(self, port: int | None = None) -> str:
         """Start the server (initialising the cluster if needed) and return its DSN."""
         running = self._running_url()
         if running is not None:
@@ -352,6 +448,7 @@ class EmbeddedPostgres(_ChildServer):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         run_as = self._prepare_system_user()
         self._stop_stale_postmaster()
+        self._remove_half_made_cluster()
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb(run_as)
         socket_dir = self._socket_dir(run_as)
@@ -366,10 +463,11 @@ class EmbeddedPostgres(_ChildServer):
                 "-c", "fsync=on",
             ]  # fmt: skip
 
-        return self._serve_on_free_port(
+        return self._serve(
             command,
             self._wait_ready,
             lambda port: f"postgresql://postgres@{_HOST}:{port}/postgres",
+            port,
             user=run_as,
         )
 
@@ -403,11 +501,34 @@ class EmbeddedPostgres(_ChildServer):
         os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
         return _PG_SYSTEM_USER
 
+    def _remove_half_made_cluster(self) -> None:
+        """Remove what an initdb interrupted by a killed first start left in the staging dir."""
+        staging = self.staging_dir
+        if not staging.exists():
+            return
+        _log.warning("removing %s, a cluster whose initialisation was interrupted", staging)
+        # initdb dies with us (parent-death signal), but its bootstrap postgres may not.
+        _kill_postgres_in(staging.resolve(), grace_s=2.0)
+        shutil.rmtree(staging)
+
     def _initdb(self, run_as: str | None) -> None:
+        if any(self.data_dir.iterdir()):
+            raise EmbeddedServerError(
+                f"cannot initialise a PostgreSQL cluster in {self.data_dir}: it is not empty "
+                "but holds no cluster (no PG_VERSION); move its files away or choose another "
+                "data folder"
+            )
+        staging = self.staging_dir
         _log.info("initialising a new PostgreSQL cluster in %s", self.data_dir)
+        staging.mkdir()
+        if run_as is not None:
+            import pwd
+
+            entry = pwd.getpwnam(run_as)
+            os.chown(staging, entry.pw_uid, entry.pw_gid)
         cmd = [
             str(_pg_bin() / "initdb"),
-            "-D", str(self.data_dir),
+            "-D", str(staging),
             "--auth=trust",
             "--encoding=utf8",
             # C collation: byte order, independent of the host's locales (and of
@@ -420,18 +541,30 @@ class EmbeddedPostgres(_ChildServer):
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            cwd=self.data_dir,
+            cwd=staging.parent,
             env=_clean_env(),
             user=run_as,
             timeout=300,
             check=False,
+            # Killed with us: an initdb finishing after we died could race the next
+            # start's removal of the staging dir.
+            preexec_fn=_pdeathsig_preexec(signal.SIGKILL),
         )
         if result.returncode != 0:
             output = result.stdout.decode("utf-8", errors="replace").splitlines()
+            shutil.rmtree(staging, ignore_errors=True)
             raise EmbeddedServerError(
                 f"initdb failed for {self.data_dir} (exit code {result.returncode}):\n"
                 + "\n".join(output[-_LOG_TAIL_LINES:])
             )
+        # rename(2) replaces the empty data dir in one step; syncing the parent makes
+        # the rename itself survive a power cut (initdb already synced the files).
+        os.rename(staging, self.data_dir)
+        parent_fd = os.open(self.data_dir.parent, os.O_RDONLY)
+        try:
+            os.fsync(parent_fd)
+        finally:
+            os.close(parent_fd)
 
     def _socket_dir(self, run_as: str | None) -> Path:
         """A directory for the Unix socket whose path fits in sun_path."""
@@ -451,32 +584,31 @@ class EmbeddedPostgres(_ChildServer):
         return socket_dir
 
     def _stop_stale_postmaster(self) -> None:
-        """Stop a server left running on this data dir by an earlier run.
+        """Clear what an earlier server on this data dir left behind (Linux only).
 
-        A pid file whose process is gone is left to postgres, which handles it. A
-        live pid that is not a postgres of this dir (the pid was reused after a
-        reboot or container restart) makes postgres refuse to start, so once no
-        process of the old cluster remains, that pid file is removed.
+        A postmaster still running here (its run was killed) is stopped. Backends
+        of a postmaster that died (SIGKILL) are waited for, then killed: they hold
+        its shared memory. A pid file whose process is gone is left to postgres,
+        which handles it. A live pid that is not a postgres of this dir (the pid
+        was reused after a reboot or container restart) makes postgres refuse to
+        start, so once no process of the old cluster remains, that pid file is removed.
         """
+        if not sys.platform.startswith("linux"):
+            return
         pid_file = self.data_dir / "postmaster.pid"
         try:
-            pid = int(pid_file.read_text().splitlines()[0])
+            pid: int | None = int(pid_file.read_text().splitlines()[0])
         except (OSError, IndexError, ValueError):
-            return
-        if not sys.platform.startswith("linux") or not _proc_alive(pid):
-            return
-        data_dir = str(self.data_dir.resolve())
-        if _proc_cwd(pid) == data_dir:
+            pid = None
+        data_dir = self.data_dir.resolve()
+        if pid is not None and _proc_alive(pid) and _proc_cwd(pid) == str(data_dir):
             _log.warning("stopping a postgres (pid %d) left running on %s", pid, data_dir)
             os.kill(pid, signal.SIGINT)
             if not _wait_gone(pid, 30.0):
                 os.kill(pid, signal.SIGKILL)
                 _wait_gone(pid, 10.0)
-            # Backends notice the postmaster's death and exit on their own.
-            deadline = time.monotonic() + 10.0
-            while _pids_with_cwd(self.data_dir.resolve()) and time.monotonic() < deadline:
-                time.sleep(_POLL_INTERVAL_S)
-        if pid_file.exists() and _proc_alive(pid) and not _pids_with_cwd(self.data_dir.resolve()):
+        _kill_postgres_in(data_dir, grace_s=10.0)
+        if pid is not None and pid_file.exists() and _proc_alive(pid):
             _log.warning("removing stale %s (pid %d is an unrelated process)", pid_file, pid)
             pid_file.unlink(missing_ok=True)
 
@@ -508,7 +640,7 @@ class EmbeddedPostgres(_ChildServer):
                     f"postgres did not become ready within {_PG_READY_TIMEOUT_S:.0f} s; "
                     f"last lines of {self.log_path}:\n{_log_tail(self.log_path)}"
                 )
-            time.sleep(_POLL_INTERVAL_S)
+            self._pause()
 
     def _pg_isready(self, port: int) -> bool:
         cmd = [
@@ -574,7 +706,7 @@ class EmbeddedNats(_ChildServer):
         """Where the server logs (appended)."""
         return self.data_dir / "nats.log"
 
-    def start(self) -> str:
+    def start(self, port: int | None = None) -> str:
         """Start the server and return its URL."""
         running = self._running_url()
         if running is not None:
@@ -598,10 +730,11 @@ class EmbeddedNats(_ChildServer):
                 "-l", str(self.log_path),
             ]  # fmt: skip
 
-        return self._serve_on_free_port(
+        return self._serve(
             command,
             lambda proc, port, log_offset: self._wait_ready(proc, port, server_name, log_offset),
             lambda port: f"nats://{_HOST}:{port}",
+            port,
         )
 
     def _wait_ready(
@@ -627,4 +760,4 @@ class EmbeddedNats(_ChildServer):
                     f"nats-server did not become ready within {_NATS_READY_TIMEOUT_S:.0f} s; "
                     f"last lines of {self.log_path}:\n{_log_tail(self.log_path)}"
                 )
-            time.sleep(_POLL_INTERVAL_S)
+            self._pause()
