@@ -144,6 +144,9 @@ class Supervisor:
                 if code is None or self._closing.is_set():
                     continue
                 if not self._recover(server, code):
+                    # Given up: the thread still lives until close(), so that the servers
+                    # it restarted earlier serve the roles' shutdown.
+                    self._closing.wait()
                     return
 
     def _recover(self, server: Supervised, code: int) -> bool:
