@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,7 +39,7 @@ from service.app.rebuild import rebuild_projections
 from service.app.verify import IncrementalVerifier
 from service.config import Settings
 from service.domain.audit import LEDGER_CHAIN
-from service.errors import ConfigError
+from service.errors import BrokerError, ConfigError, StorageUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -219,10 +219,25 @@ def _scheduler(
         (reassess_postures, settings.posture_interval_s, "postures"),
     ):
         scheduler.add_job(
-            job, "interval", seconds=seconds, id=name, max_instances=1, coalesce=True,
-            next_run_time=datetime.now(UTC),
+            _outage_tolerant(name, job), "interval", seconds=seconds, id=name,
+            max_instances=1, coalesce=True, next_run_time=datetime.now(UTC),
         )  # fmt: skip
     return scheduler
+
+
+def _outage_tolerant(
+    name: str, job: Callable[[], Awaitable[None]]
+) -> Callable[[], Awaitable[None]]:
+    """A scheduler job that reports an outage (database or broker down) as one warning
+    line and tries again at its next tick, instead of a traceback per tick."""
+
+    async def run() -> None:
+        try:
+            await job()
+        except (StorageUnavailableError, BrokerError) as e:
+            log.warning("%s job skipped, will try again at its next tick: %s", name, e)
+
+    return run
 
 
 async def load_ledger_signer(store: LedgerStore, settings: Settings) -> LedgerSigner:
