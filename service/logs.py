@@ -7,8 +7,6 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-import asyncpg
-
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -25,9 +23,15 @@ class JsonFormatter(logging.Formatter):
 
 def _is_outage(error: BaseException) -> bool:
     """A server being down or restarting: expected in operation, not a bug."""
-    if isinstance(error, asyncpg.PostgresError):
-        return str(error.sqlstate or "")[:2] in {"08", "57"}
-    return isinstance(error, OSError | TimeoutError | asyncpg.InterfaceError)
+    # Not imported here: `trustledger verify` configures logging and must load no
+    # database client. An asyncpg error exists only once something imported asyncpg.
+    asyncpg = sys.modules.get("asyncpg")
+    if asyncpg is not None:
+        if isinstance(error, asyncpg.PostgresError):
+            return str(error.sqlstate or "")[:2] in {"08", "57"}
+        if isinstance(error, asyncpg.InterfaceError):
+            return True
+    return isinstance(error, OSError | TimeoutError)
 
 
 class OutageFilter(logging.Filter):
