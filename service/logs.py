@@ -23,6 +23,11 @@ class JsonFormatter(logging.Formatter):
 
 def _is_outage(error: BaseException) -> bool:
     """A server being down or restarting: expected in operation, not a bug."""
+    # The driver is looked up, not imported: `trustledger verify` must load no
+    # database code, and if asyncpg is not loaded no error can be one of its.
+    asyncpg = sys.modules.get("asyncpg")
+    if asyncpg is None:
+        return isinstance(error, OSError | TimeoutError)
     # Not imported here: `trustledger verify` configures logging and must load no
     # database client. An asyncpg error exists only once something imported asyncpg.
     asyncpg = sys.modules.get("asyncpg")
