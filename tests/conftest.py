@@ -32,10 +32,12 @@ import nats
 import nats.js.errors
 import pytest
 
+from service.adapters.access_store import AccessStore
 from service.adapters.embedded import EmbeddedNats, EmbeddedPostgres, free_tcp_port
 from service.adapters.migrations import migrate
 from service.adapters.postgres import EntryRow, LedgerStore
 from service.adapters.publisher import Publisher
+from service.app.access import create_api_key, create_org
 from service.app.keys import register_new_key
 from service.config import Settings
 from service.domain.events import (
@@ -360,6 +362,23 @@ async def publisher(settings: Settings) -> AsyncIterator[PublisherFactory]:
 # ---- the service in-process ------------------------------------------------------------------
 
 
+async def issue_api_key(
+    store: LedgerStore, role: str, org: str | None = None, days: int = 30, label: str = ""
+) -> str:
+    """An API key of `role` for `org` (created when new; None for operators), made the
+    way `trustledger apikeys create` makes it. Returns the key."""
+    access = AccessStore.of(store)
+    now = datetime.now(UTC)
+    if org is not None and await access.org(org) is None:
+        await create_org(access, org, "", now)
+    issued = await create_api_key(access, role, org, now, days=days, label=label)
+    return issued.token
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
 @dataclass(slots=True)
 class RunningService:
     """The API and ingest roles running in this process, and handles to look at them."""
@@ -371,6 +390,8 @@ class RunningService:
     stop: asyncio.Event
     task: asyncio.Task[None]
     closed: bool = field(default=False)
+    operator_key: str = ""
+    """`http` sends it: an operator sees everything (tests of other roles use `issue_api_key`)."""
 
     async def shutdown(self) -> None:
         """Stop the roles and wait for them; re-raises whatever the service died of."""
@@ -397,9 +418,9 @@ async def start_service(settings: Settings, store: LedgerStore) -> AsyncIterator
             name="trustledger-under-test",
         )
         base_url = f"http://{settings.host}:{settings.port}"
-        svc = RunningService(
-            settings, base_url, httpx.AsyncClient(base_url=base_url, timeout=10), store, stop, task
-        )
+        key = await issue_api_key(store, "operator")
+        http = httpx.AsyncClient(base_url=base_url, timeout=10, headers=bearer(key))
+        svc = RunningService(settings, base_url, http, store, stop, task, operator_key=key)
         running.append(svc)
 
         async def ready() -> bool:

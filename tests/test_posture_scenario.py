@@ -15,7 +15,9 @@ from conftest import (
     OrgKeyFactory,
     PublisherFactory,
     RunningService,
+    bearer,
     chain_entries,
+    issue_api_key,
     new_id,
     wait_for_chain,
     wait_until,
@@ -265,7 +267,10 @@ async def scheduled_service(
     fast = replace(settings, posture_interval_s=1, checkpoint_interval_s=3600)
     stop = asyncio.Event()
     task = asyncio.create_task(run_roles(fast, Roles(api=True, ingest=True, scheduler=True), stop))
-    async with httpx.AsyncClient(base_url=f"http://{fast.host}:{fast.port}", timeout=10) as http:
+    key = await issue_api_key(store, "operator")
+    async with httpx.AsyncClient(
+        base_url=f"http://{fast.host}:{fast.port}", timeout=10, headers=bearer(key)
+    ) as http:
 
         async def ready() -> bool:
             if task.done():

@@ -99,6 +99,9 @@ class TimelinePointView(msgspec.Struct):
     before: str
     after: str
     evidence: list[EvidenceView]
+    """The evidence that took effect at this instant: at most 10 of them."""
+    evidence_total: int
+    """How many took effect at this instant."""
 
 
 class TimelineView(msgspec.Struct):
@@ -111,6 +114,8 @@ class TimelineView(msgspec.Struct):
     start_score: int | None
     changes: list[TimelinePointView]
     truncated: bool
+    next_from: datetime | None
+    """When `truncated`: pass as `from` (same `to`) for the next page of changes."""
 
 
 class PostureSummaryView(msgspec.Struct):
@@ -148,12 +153,17 @@ class CommitmentView(msgspec.Struct):
     declared: LedgerRef
     updated: LedgerRef
     versions: list[VersionView]
+    """The newest 20 versions, oldest first."""
+    versions_total: int
 
 
 class CommitmentsPage(msgspec.Struct):
     org: str
     agent: str
     commitments: list[CommitmentView]
+    """By commitment id, at most `limit` (100)."""
+    next_after: str | None
+    """Pass as `after` for the next page."""
 
 
 class ChainHeadView(msgspec.Struct):
@@ -202,9 +212,11 @@ class QuarantinePage(msgspec.Struct):
     next_after_id: int | None
 
 
-class Readiness(msgspec.Struct):
+class Readiness(msgspec.Struct, omit_defaults=True):
     status: str
-    checks: dict[str, str]
+    """`ready` or `not ready`."""
+    checks: dict[str, str] | None = None
+    """Each dependency's result; shown to operators only."""
 
 
 class LedgerKeyView(msgspec.Struct):

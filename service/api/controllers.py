@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
-from litestar import Controller, MediaType, Response, get, post
+from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.exceptions import (
     ServiceUnavailableException,
@@ -17,6 +17,7 @@ from litestar.params import Parameter, QueryParameter
 from litestar.response import Stream
 
 from service.adapters.postgres import ChainHead, LedgerStore, StoredCheckpoint
+from service.api.access import caller
 from service.api.bodies import (
     ChainHeadView,
     CheckpointView,
@@ -49,10 +50,17 @@ from service.app.posture import (
     timeline,
 )
 from service.app.verify import verify_ledger_keys
+from service.domain.access import Principal, visible_org
 from service.domain.audit import LEDGER_CHAIN, Finding, verify_sequentially
 from service.domain.chain import to_micros
 from service.domain.checkpoint import verifier_key
-from service.domain.events import SLUG_PATTERN, load_json_strict
+from service.domain.events import (
+    EARLIEST_TIME,
+    LATEST_TIME,
+    MAX_SAFE_INTEGER,
+    SLUG_PATTERN,
+    load_json_strict,
+)
 from service.domain.export_format import MEDIA_TYPE as EXPORT_MEDIA_TYPE
 from service.domain.posture import Band
 from service.domain.signing import b64url, from_b64url
@@ -65,6 +73,16 @@ EvidenceParam = Annotated[
     Literal["all", "third_party"], QueryParameter(description="whose evidence counts")
 ]
 Limit = Annotated[int, Parameter(ge=1, le=1000)]
+Seq = Annotated[int, Parameter(ge=0, le=MAX_SAFE_INTEGER)]
+"""Sequence numbers, sizes and ids: JSON-safe integers (below 2^53), like every count."""
+TIMELINE_LIMIT = 500
+"""Band changes in one timeline page; `next_from` asks for the next."""
+POINT_EVIDENCE_LIMIT = 10
+"""Evidence listed per timeline change; `evidence_total` counts them all."""
+COMMITMENTS_LIMIT = 100
+VERSIONS_SHOWN = 20
+"""Versions listed per commitment (the newest); `versions_total` counts them all."""
+AnyRequest = Request[object, object, State]
 
 
 def _now(state: State) -> datetime:
@@ -83,7 +101,25 @@ def _bad_query(name: str, message: str) -> ValidationException:
 def _instant(value: datetime, name: str) -> datetime:
     if value.tzinfo is None:
         raise _bad_query(name, f"{value.isoformat()} needs a UTC offset (RFC 3339)")
+    # Window and horizon arithmetic on the instant must stay inside `datetime`.
+    if not EARLIEST_TIME <= value < LATEST_TIME:
+        raise _bad_query(
+            name,
+            f"{value.isoformat()} is outside [{EARLIEST_TIME.isoformat()},"
+            f" {LATEST_TIME.isoformat()})",
+        )
     return value.astimezone(UTC)
+
+
+def _optional_instant(value: datetime | None, name: str) -> datetime | None:
+    return None if value is None else _instant(value, name)
+
+
+def _principal(request: AnyRequest) -> Principal:
+    """The caller of a route that needs a key (the guard refused anyone else)."""
+    who = caller(request)
+    assert who is not None, "the access guard lets no anonymous caller reach this route"
+    return who
 
 
 def _store(state: State) -> LedgerStore:
@@ -112,8 +148,8 @@ class AgentController(Controller):
         state: State,
         org: SlugParam,
         agent: SlugParam,
-        at: Annotated[datetime | None, QueryParameter()] = None,
-        known_at: Annotated[datetime | None, QueryParameter()] = None,
+        at: Annotated[datetime | None, QueryParameter(description="RFC 3339, 1970 to 9000")] = None,
+        known_at: Annotated[datetime | None, QueryParameter(description="RFC 3339")] = None,
         evidence: EvidenceParam = "all",
         max_age_s: Annotated[int | None, QueryParameter(ge=0, le=86_400)] = None,
     ) -> PostureView:
@@ -147,7 +183,7 @@ class AgentController(Controller):
         start: Annotated[datetime | None, QueryParameter(name="from")] = None,
         end: Annotated[datetime | None, QueryParameter(name="to")] = None,
         evidence: EvidenceParam = "all",
-        limit: Limit = 200,
+        limit: Annotated[int, Parameter(ge=1, le=TIMELINE_LIMIT)] = 100,
     ) -> TimelineView:
         end_at = _instant(end, "to") if end is not None else _now(state)
         start_at = _instant(start, "from") if start is not None else end_at - timedelta(days=30)
@@ -169,18 +205,41 @@ class AgentController(Controller):
             start_band=found.start.band,
             start_score=found.start.score,
             changes=[
-                TimelinePointView(p.at, p.before, p.after, [evidence_view(i) for i in p.evidence])
+                TimelinePointView(
+                    p.at,
+                    p.before,
+                    p.after,
+                    [evidence_view(i) for i in p.evidence[:POINT_EVIDENCE_LIMIT]],
+                    len(p.evidence),
+                )
                 for p in found.points
             ],
             truncated=found.truncated,
+            next_from=found.points[-1].at if found.truncated and found.points else None,
         )
 
-    @get("/commitments", summary="The commitments an agent has declared, with their versions")
-    async def commitments(self, state: State, org: SlugParam, agent: SlugParam) -> CommitmentsPage:
-        found = await commitments_of(_store(state), org, agent)
+    @get(
+        "/commitments",
+        summary="The commitments an agent has declared, with their versions",
+        description="By commitment id; page with `after` (a commitment id).",
+    )
+    async def commitments(
+        self,
+        state: State,
+        org: SlugParam,
+        agent: SlugParam,
+        after: Annotated[str | None, Parameter(max_length=128)] = None,
+        limit: Annotated[int, Parameter(ge=1, le=COMMITMENTS_LIMIT)] = COMMITMENTS_LIMIT,
+    ) -> CommitmentsPage:
+        every = sorted(
+            await commitments_of(_store(state), org, agent), key=lambda c: c.commitment_id
+        )
+        found = [c for c in every if after is None or c.commitment_id > after][:limit]
+        more = len(found) == limit and found[-1].commitment_id != every[-1].commitment_id
         return CommitmentsPage(
             org=org,
             agent=agent,
+            next_after=found[-1].commitment_id if more else None,
             commitments=[
                 CommitmentView(
                     commitment_id=c.commitment_id,
@@ -192,8 +251,9 @@ class AgentController(Controller):
                     updated=LedgerRef(c.org, max(c.latest.seq, c.revoked_seq or 0)),
                     versions=[
                         VersionView(v.version, v.effective_from, LedgerRef(v.org, v.seq))
-                        for v in c.versions
+                        for v in c.versions[-VERSIONS_SHOWN:]
                     ],
+                    versions_total=len(c.versions),
                 )
                 for c in found
             ],
@@ -207,17 +267,33 @@ class PostureListController(Controller):
     @get(
         "/",
         summary="Every agent's posture as of the scheduler's last assessment",
-        description="Filter by `band`; page with `after` (`org/agent`).",
+        description=(
+            "Filter by `band` and `org`; page with `after` (`org/agent`). Keys other than"
+            " operators' see their own org's agents only."
+        ),
     )
     async def postures(
         self,
+        request: AnyRequest,
         state: State,
         band: Annotated[Band | None, QueryParameter(description="only agents in this band")] = None,
-        after: Annotated[str | None, Parameter(pattern="^[a-z0-9_-]+/[a-z0-9_-]+$")] = None,
+        org: Annotated[str | None, Parameter(pattern=SLUG_PATTERN)] = None,
+        after: Annotated[
+            str | None, Parameter(pattern="^[a-z0-9_-]{1,63}/[a-z0-9_-]{1,63}$")
+        ] = None,
         limit: Limit = 100,
     ) -> PosturesPage:
-        key = tuple(after.split("/", 1)) if after else ("", "")
-        rows = await list_postures(_store(state), band, (key[0], key[1]), limit)
+        only = org if org is not None else visible_org(_principal(request))
+        key = (after.split("/", 1)[0], after.split("/", 1)[1]) if after else ("", "")
+        if only is not None:
+            key = max(key, (only, ""))
+        rows = await list_postures(_store(state), band, key, limit)
+        full_page = len(rows) == limit
+        if only is not None:
+            kept = [r for r in rows if r.org == only]
+            # A row of the next org means this org's agents ended within the page.
+            full_page = full_page and len(kept) == len(rows)
+            rows = kept
         return PosturesPage(
             items=[
                 PostureSummaryView(
@@ -225,7 +301,7 @@ class PostureListController(Controller):
                 )
                 for r in rows
             ],
-            next_after=f"{rows[-1].org}/{rows[-1].agent}" if len(rows) == limit else None,
+            next_after=f"{rows[-1].org}/{rows[-1].agent}" if full_page and rows else None,
         )
 
 
@@ -251,7 +327,7 @@ class ChainController(Controller):
         self,
         state: State,
         org: SlugParam,
-        after_seq: Annotated[int, Parameter(ge=0)] = 0,
+        after_seq: Seq = 0,
         limit: Limit = 100,
     ) -> EntriesPage:
         store = _store(state)
@@ -281,19 +357,21 @@ class ChainController(Controller):
             next_after_seq=rows[-1].seq if len(rows) == limit else None,
         )
 
-    # TODO(auth): anyone who reaches the API can export any org's chain until
-    # authentication lands; the export then must be limited to the caller's org.
     @get(
         "/{org:str}/export",
         summary="A chain (or a range of it) as a signed trustledger-export/v1 file",
+        description=(
+            "Ends at the largest signed checkpoint in the asked range (the header's"
+            " `to_seq`): a GET signs nothing. 404 when no checkpoint lies in the range yet."
+        ),
         media_type=EXPORT_MEDIA_TYPE,
     )
     async def export(
         self,
         state: State,
         org: SlugParam,
-        from_seq: Annotated[int, Parameter(ge=1)] = 1,
-        to_seq: Annotated[int | None, Parameter(ge=1)] = None,
+        from_seq: Annotated[int, Parameter(ge=1, le=MAX_SAFE_INTEGER)] = 1,
+        to_seq: Annotated[int | None, Parameter(ge=1, le=MAX_SAFE_INTEGER)] = None,
         since: Annotated[
             datetime | None, Parameter(description="first entry received at or after (RFC 3339)")
         ] = None,
@@ -304,7 +382,16 @@ class ChainController(Controller):
         signer = _signer(state)
         if signer is None:
             raise ServiceUnavailableException("this process holds no ledger key: ask the api role")
-        lines = export_chain(_store(state), signer, org, from_seq, to_seq, since, until)
+        lines = export_chain(
+            _store(state),
+            signer,
+            org,
+            from_seq,
+            to_seq,
+            _optional_instant(since, "since"),
+            _optional_instant(until, "until"),
+            sign_missing_checkpoint=False,
+        )
         # Everything that can refuse does so before the first line: pull it here,
         # so errors become problem responses instead of a cut-off stream.
         try:
@@ -328,15 +415,24 @@ class QuarantineController(Controller):
     path = "/v1/quarantine"
     tags = ["ledger"]
 
-    @get("/", summary="Refused messages with their raw bytes and reason")
+    @get(
+        "/",
+        summary="Refused messages with their raw bytes and reason",
+        description=(
+            "A message is shown to keys of the org its subject names (`claimed_org`) and"
+            " to operators; `org` filters (operators), or must be the caller's own org."
+        ),
+    )
     async def list_quarantine(
         self,
+        request: AnyRequest,
         state: State,
         org: Annotated[str | None, Parameter(pattern=SLUG_PATTERN)] = None,
-        after_id: Annotated[int, Parameter(ge=0)] = 0,
+        after_id: Seq = 0,
         limit: Limit = 100,
     ) -> QuarantinePage:
-        rows = await _store(state).quarantined(org, after_id, limit)
+        only = org if org is not None else visible_org(_principal(request))
+        rows = await _store(state).quarantined(only, after_id, limit)
         return QuarantinePage(
             items=[
                 QuarantineView(
@@ -418,9 +514,7 @@ class LedgerController(Controller):
         summary="The signed checkpoint of a chain at one size, as its C2SP signed note",
         media_type=MediaType.TEXT,
     )
-    async def checkpoint_at(
-        self, state: State, org: ChainParam, size: Annotated[int, Parameter(ge=0)]
-    ) -> Response[str]:
+    async def checkpoint_at(self, state: State, org: ChainParam, size: Seq) -> Response[str]:
         store = _store(state)
         await _require_chain(store, org)
         stored = await store.checkpoint_at(org, size)
@@ -433,7 +527,7 @@ class LedgerController(Controller):
         self,
         state: State,
         org: ChainParam,
-        after_size: Annotated[int | None, Parameter(ge=0)] = None,
+        after_size: Annotated[int | None, Parameter(ge=0, le=MAX_SAFE_INTEGER)] = None,
         limit: Limit = 100,
     ) -> list[CheckpointView]:
         store = _store(state)
@@ -443,8 +537,7 @@ class LedgerController(Controller):
         )
         return [_checkpoint_view(c) for c in found]
 
-    # Anyone may ask for a checkpoint now; when authentication lands this will
-    # require the operator role (it makes the ledger sign).
+    # Operators only (the access matrix): it makes the ledger sign and store.
     @post(
         "/chains/{org:str}/checkpoints",
         summary="Sign the chain's current head now (or return the checkpoint already there)",

@@ -10,7 +10,13 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
-from service.errors import IntegrityError, NotFoundError, StorageError, TrustLedgerError
+from service.errors import (
+    IntegrityError,
+    NotFoundError,
+    StorageError,
+    StorageUnavailableError,
+    TrustLedgerError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +34,18 @@ class Problem(msgspec.Struct, omit_defaults=True):
 
 
 def _problem(
-    kind: str, title: str, status: int, detail: str, errors: list[dict[str, object]] | None = None
+    kind: str,
+    title: str,
+    status: int,
+    detail: str,
+    errors: list[dict[str, object]] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Response[Problem]:
     return Response(
         Problem(f"https://trustledger.dev/problems/{kind}", title, status, detail, errors or []),
         status_code=status,
         media_type=PROBLEM_JSON,
+        headers=headers,
     )
 
 
@@ -43,14 +55,20 @@ def _service_error(request: Request[Any, Any, Any], exc: Exception) -> Response[
     if isinstance(exc, IntegrityError):
         log.error("ledger integrity on %s: %s", request.url.path, exc)
         return _problem("ledger-integrity", "The ledger does not verify", 500, str(exc))
-    if isinstance(exc, StorageError):
-        log.error("storage error on %s: %s", request.url.path, exc)
+    if isinstance(exc, StorageUnavailableError):
+        log.error("storage unavailable on %s: %s", request.url.path, exc)
         return _problem(
             "unavailable",
             "Storage unavailable",
             503,
             "the ledger database is unavailable; retry later",
+            headers={"Retry-After": "1"},
         )
+    if isinstance(exc, StorageError):
+        # The database refused the work itself: retrying would fail alike, so this
+        # is our error (a bound the API should have checked), not an outage.
+        log.error("storage refused the work on %s: %s", request.url.path, exc)
+        return _problem("internal", "Internal error", 500, "unexpected error; see the service log")
     log.error("error on %s: %s", request.url.path, exc)
     return _problem("internal", "Internal error", 500, "unexpected error; see the service log")
 
@@ -66,14 +84,18 @@ def _http_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Pro
             exc.detail,
             [dict(e) for e in extra if isinstance(e, dict)],
         )
-    kind = {
-        404: "not-found",
-        405: "method-not-allowed",
-        401: "unauthorized",
-        403: "forbidden",
-        503: "unavailable",
-    }.get(exc.status_code, "http-error")
-    return _problem(kind, exc.detail or "HTTP error", exc.status_code, exc.detail)
+    kind, title = _HTTP_KINDS.get(exc.status_code, ("http-error", exc.detail or "HTTP error"))
+    return _problem(kind, title, exc.status_code, exc.detail, headers=exc.headers)
+
+
+_HTTP_KINDS = {
+    401: ("unauthorized", "Authentication required"),
+    403: ("forbidden", "Not allowed"),
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    429: ("rate-limited", "Too many requests"),
+    503: ("unavailable", "Unavailable"),
+}
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:

@@ -146,14 +146,27 @@ async def export_chain(
     *,
     clock: Clock = utc_now,
     progress: Progress | None = None,
+    sign_missing_checkpoint: bool = True,
 ) -> AsyncIterator[bytes]:
     """The lines of an export of `org`'s chain, each newline-terminated.
+
+    With `sign_missing_checkpoint` false (the HTTP API: a GET changes nothing),
+    no checkpoint is made: the range ends at the largest stored checkpoint within
+    it, and `NotFoundError` says so when there is none.
 
     Raises `NotFoundError` (unknown org, empty range), `ConfigError` (bad range) or
     `IntegrityError` (the chain before the range does not verify, or the ledger
     will not sign its head at the range's end) before the first line; see
     `export_range` for the range. `StorageError` if the database fails."""
     first, last = await export_range(store, org, from_seq, to_seq, since, until)
+    if not sign_missing_checkpoint:
+        covering = await store.latest_checkpoint(org, at_most=last)
+        if covering is None or covering.size < first:
+            raise NotFoundError(
+                f"no signed checkpoint of {org} lies in seqs {first}..{last} yet: an export ends "
+                "at a checkpoint (the scheduler signs moved chains every minute)"
+            )
+        last = covering.size
     keys, prev_hash = await key_state_before(store, org, first)
     latest = await store.latest_checkpoint(org)
     # Read after the latest checkpoint: every checkpoint honestly made up to it is

@@ -186,9 +186,10 @@ class Refusal:
     detail: str
 
 
-def decide(rule: Rule | None, caller: Principal | None, path_org: str | None) -> Refusal | None:
-    """None when `caller` may call a route with `rule` (about `path_org`, if the
-    route names one), else why not. Never names another org in the refusal."""
+def decide(rule: Rule | None, caller: Principal | None, named_org: str | None) -> Refusal | None:
+    """None when `caller` may call a route with `rule`, else why not. `named_org`
+    is the org the request names (its `{org}`, or `?org=` on a listing). A
+    refusal never names another org."""
     if rule is None:
         return Refusal(403, "this route is not open to any API key")
     if rule.roles is None:
@@ -197,11 +198,11 @@ def decide(rule: Rule | None, caller: Principal | None, path_org: str | None) ->
         return Refusal(401, "this route needs an API key: send 'Authorization: Bearer <key>'")
     if caller.role not in rule.roles:
         return Refusal(403, f"the {caller.role} role may not call this route")
-    if caller.is_operator or rule.scope != "path_org":
+    if caller.is_operator or rule.scope == "any":
         return None
-    if path_org is None or path_org != caller.org:
-        return Refusal(403, f"a {caller.role} key reads its own org's data only")
-    return None
+    if named_org == caller.org or (rule.scope == "own_org" and named_org is None):
+        return None
+    return Refusal(403, f"a {caller.role} key reads its own org's data only")
 
 
 def visible_org(caller: Principal) -> str | None:

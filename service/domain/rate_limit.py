@@ -40,18 +40,29 @@ class RateLimiter:
     def take(self, caller: str, now_s: float) -> int:
         """0 when the request may go ahead (a token is taken), else the whole seconds
         (at least 1) to wait before one token is there."""
-        tokens, then = self._buckets.pop(caller, (float(self.limit.burst), now_s))
-        # A clock that stepped back refills nothing rather than draining the bucket.
-        tokens = min(
-            float(self.limit.burst), tokens + max(0.0, now_s - then) * self.limit.rate_per_s
-        )
+        tokens = self._tokens(caller, now_s)
         if tokens >= 1.0:
             self._remember(caller, tokens - 1.0, now_s)
             return 0
         self._remember(caller, tokens, now_s)
+        return self._wait_s(tokens)
+
+    def peek(self, caller: str, now_s: float) -> int:
+        """Like `take`, but takes nothing and remembers nothing."""
+        tokens = self._tokens(caller, now_s)
+        return 0 if tokens >= 1.0 else self._wait_s(tokens)
+
+    def _tokens(self, caller: str, now_s: float) -> float:
+        tokens, then = self._buckets.get(caller, (float(self.limit.burst), now_s))
+        # A clock that stepped back refills nothing rather than draining the bucket.
+        elapsed_s = max(0.0, now_s - then)
+        return min(float(self.limit.burst), tokens + elapsed_s * self.limit.rate_per_s)
+
+    def _wait_s(self, tokens: float) -> int:
         return max(1, math.ceil((1.0 - tokens) / self.limit.rate_per_s))
 
     def _remember(self, caller: str, tokens: float, now_s: float) -> None:
+        self._buckets.pop(caller, None)  # re-inserted last: the most recently used
         self._buckets[caller] = (tokens, now_s)
         while len(self._buckets) > self._max_buckets:
             self._buckets.popitem(last=False)
