@@ -15,6 +15,7 @@ import contextlib
 import socket
 import struct
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
 CHUNK_BYTES = 65536
 
@@ -68,9 +69,11 @@ class TcpProxy:
         port: int = self._server.sockets[0].getsockname()[1]
         return port
 
-    def url(self, scheme: str, path: str = "") -> str:
-        """`scheme://127.0.0.1:<port><path>`, for a client configured by URL."""
-        return f"{scheme}://127.0.0.1:{self.port}{path}"
+    def route(self, url: str) -> str:
+        """`url` (a DSN or a NATS URL of the target) with the proxy as its host and port."""
+        parts = urlsplit(url)
+        user = f"{parts.username}@" if parts.username else ""
+        return urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{self.port}"))
 
     @property
     def live(self) -> int:

@@ -44,6 +44,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--json", metavar="FILE", help="also write the results as JSON ('-': stdout)"
     )
+    parser.add_argument(
+        "--markdown",
+        metavar="FILE",
+        help="also write the table of docs/reliability.md ('-': stdout)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep databases, streams and logs")
     parser.add_argument(
         "--service-tree",
@@ -99,7 +104,33 @@ def main(argv: list[str] | None = None) -> int:
             print(text)
         else:
             Path(args.json).write_text(text + "\n")
+    if args.markdown:
+        table = markdown_table(results, mode, options.seed)
+        if args.markdown == "-":
+            print(table)
+        else:
+            Path(args.markdown).write_text(table)
     return 1 if failed else 0
+
+
+def markdown_table(results: list[Result], mode: str, seed: int) -> str:
+    """The fault table of docs/reliability.md, one row per scenario."""
+    rows = [
+        "| scenario | fault, and how it is injected | times | events acked | lost | duplicated"
+        " | out of order | verifies | projections = rebuild | s | reproduce |",
+        "|---|---|--:|--:|--:|--:|--:|---|---|--:|---|",
+    ]
+    for r in results:
+        d = r.as_dict()
+        checked = r.findings is not None
+        rows.append(
+            f"| {'' if r.ok else '**FAIL** '}`{r.name}` | {r.fault} | {d['faults_injected']}"
+            f" | {d['events_acked']:,} | {d['lost']:,} | {d['duplicated']}"
+            f" | {d['out_of_order']} | {('yes' if d['verify_ok'] else 'NO') if checked else '-'}"
+            f" | {('yes' if d['projections_equal_rebuild'] else 'NO') if checked else '-'}"
+            f" | {d['seconds']:.0f} | `python -m faults --{mode} --seed {seed} --only {r.name}` |"
+        )
+    return "\n".join(rows) + "\n"
 
 
 async def _run_all(

@@ -333,7 +333,7 @@ async def postgres_restarted(ctx: Context) -> Result:
             publishing = asyncio.create_task(workload.publish(lab.nats_url))
             ingests, notes = Ingests(lab), []
             ingests.start()
-            for point in fault_points(ctx.rng, ctx.points(1, 3), workload.total, low=0.15):
+            for point in fault_points(ctx.rng, ctx.points(1, 5), workload.total, low=0.15):
                 if not await wait_progress(lab, max(point, await lab.chained() + 1), ingests):
                     notes.append("ingest made no progress before the next kill")
                     break
@@ -367,7 +367,7 @@ async def nats_restarted(ctx: Context) -> Result:
             publishing = asyncio.create_task(workload.publish(lab.nats_url))
             ingests, notes = Ingests(lab), []
             ingests.start()
-            for point in fault_points(ctx.rng, ctx.points(1, 3), workload.total, low=0.15):
+            for point in fault_points(ctx.rng, ctx.points(1, 5), workload.total, low=0.15):
                 if not await wait_progress(lab, max(point, await lab.chained() + 1), ingests):
                     notes.append("ingest made no progress before the next kill")
                     break
@@ -397,7 +397,7 @@ async def nats_connection_cut(ctx: Context) -> Result:
             await workload.publish(lab.nats_url, up_to=0.5)
             publishing = asyncio.create_task(workload.publish(lab.nats_url))
             ingests, watch, notes = (
-                Ingests(lab, nats_url=proxy.url("nats")),
+                Ingests(lab, nats_url=proxy.route(lab.nats_url)),
                 PositionWatch(lab).start(),
                 [],
             )
@@ -438,11 +438,7 @@ async def postgres_connection_cut(ctx: Context) -> Result:
             )
             await workload.publish(lab.nats_url, up_to=0.5)
             publishing = asyncio.create_task(workload.publish(lab.nats_url))
-            db_name = lab.database_url.rsplit("/", 1)[1]
-            ingests = Ingests(
-                lab,
-                database_url=proxy.url("postgresql", f"/{db_name}").replace("://", "://postgres@"),
-            )
+            ingests = Ingests(lab, database_url=proxy.route(lab.database_url))
             watch, notes = PositionWatch(lab).start(), []
             ingests.start()
             for point in fault_points(ctx.rng, ctx.points(3, 20), workload.total):
@@ -461,6 +457,49 @@ async def postgres_connection_cut(ctx: Context) -> Result:
             )
         finally:
             await proxy.close()
+
+
+async def network_stalled(ctx: Context) -> Result:
+    """Stall ingest's NATS or PostgreSQL traffic (nothing closed, nothing forwarded)
+    for 0.5-3 s at random points, then let it flow again."""
+    name, fault = (
+        "ingest-network-stall",
+        "ingest's NATS or PostgreSQL traffic paused 0.5-3 s, via proxies",
+    )
+    started = time.monotonic()
+    async with ctx.lab(name) as lab:
+        to_nats = TcpProxy("127.0.0.1", _port(lab.nats_url))
+        to_pg = TcpProxy("127.0.0.1", _port(lab.database_url))
+        await to_nats.start()
+        await to_pg.start()
+        try:
+            workload = Workload.build(
+                lab.keys, lab.settings.subject_prefix, ctx.size(3000, 50_000), ctx.options.seed
+            )
+            publishing = asyncio.create_task(workload.publish(lab.nats_url))
+            ingests = Ingests(
+                lab,
+                database_url=to_pg.route(lab.database_url),
+                nats_url=to_nats.route(lab.nats_url),
+            )
+            watch, notes, stalls = PositionWatch(lab).start(), [], 0
+            ingests.start()
+            for point in fault_points(ctx.rng, ctx.points(2, 10), workload.total):
+                if not await wait_progress(lab, max(point, await lab.chained() + 1), ingests):
+                    notes.append("ingest made no progress before the next stall")
+                    break
+                proxy = ctx.rng.choice([to_nats, to_pg])
+                proxy.pause()
+                await asyncio.sleep(ctx.rng.uniform(0.5, 3.0))
+                proxy.resume()
+                stalls += 1
+            await publishing
+            return await finish(
+                name, fault, lab, workload, ingests, started, stalls, notes, watch=watch
+            )
+        finally:
+            await to_nats.close()
+            await to_pg.close()
 
 
 def _port(url: str) -> int:
@@ -582,7 +621,7 @@ async def _more(count: Callable[[], Awaitable[int]], seen: int) -> bool:
 
 
 UP_KILL_POINTS: tuple[tuple[str, Callable[[Path], bool]], ...] = (
-    ("initdb (PG_VERSION written)", lambda d: (d / "postgres" / "PG_VERSION").exists()),
+    ("initdb (PG_VERSION written)", lambda d: _initdb_started(d)),
     ("embedded NATS starting", lambda d: (d / "nats").exists()),
     ("migrations (runtime.json written)", lambda d: (d / "runtime.json").exists()),
 )
@@ -633,6 +672,13 @@ async def up_killed_first_start(ctx: Context) -> Result:
             await _wait_no_servers(folder)
     merged = _merge(findings)
     return Result(name, fault, kills, merged, time.monotonic() - started, notes)
+
+
+def _initdb_started(folder: Path) -> bool:
+    """initdb writes PG_VERSION first, in whichever folder `up` has it build the cluster."""
+    with contextlib.suppress(OSError):
+        return any((d / "PG_VERSION").exists() for d in folder.iterdir() if d.is_dir())
+    return False
 
 
 def _start_up(ctx: Context, folder: Path, port: int, label: str) -> Proc:
@@ -847,6 +893,7 @@ SCENARIOS: dict[str, Scenario] = {
     "nats-sigkill-restart": nats_restarted,
     "ingest-nats-cut": nats_connection_cut,
     "ingest-postgres-cut": postgres_connection_cut,
+    "ingest-network-stall": network_stalled,
     "two-ingests-one-killed": two_ingests,
     "scheduler-sigkill-checkpoint": scheduler_killed,
     "up-killed-first-start": up_killed_first_start,
