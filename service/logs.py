@@ -28,15 +28,9 @@ def _is_outage(error: BaseException) -> bool:
     asyncpg = sys.modules.get("asyncpg")
     if asyncpg is None:
         return isinstance(error, OSError | TimeoutError)
-    # Not imported here: `trustledger verify` configures logging and must load no
-    # database client. An asyncpg error exists only once something imported asyncpg.
-    asyncpg = sys.modules.get("asyncpg")
-    if asyncpg is not None:
-        if isinstance(error, asyncpg.PostgresError):
-            return str(error.sqlstate or "")[:2] in {"08", "57"}
-        if isinstance(error, asyncpg.InterfaceError):
-            return True
-    return isinstance(error, OSError | TimeoutError)
+    if isinstance(error, asyncpg.PostgresError):
+        return str(error.sqlstate or "")[:2] in {"08", "57"}
+    return isinstance(error, OSError | TimeoutError | asyncpg.InterfaceError)
 
 
 class OutageFilter(logging.Filter):
