@@ -1313,9 +1313,15 @@ async def test_real_export_verifies_independently_when_fetched_from_the_running_
     for i in range(12):  # seqs 4-15
         await by_second.publish(performed("acme", "bot", "x.read", f"r/{i}", t=10 + i))
     await by_second.publish(key_revoked("acme", first, t=30))  # seq 16
-    for i in range(14):  # seqs 17-30
-        await by_second.publish(performed("acme", "bot", "x.write", f"w/{i}", t=40 + i))
-    await wait_for_chain(service.store, "acme", 30)
+    # An export over HTTP ends at a signed checkpoint and never signs one itself:
+    # sign at 25 (the end of the range exported below) and at the head, 30.
+    for first_n, size in ((0, 25), (9, 30)):  # seqs 17-25, then 26-30
+        for n in range(first_n, size - 16):
+            await by_second.publish(performed("acme", "bot", "x.write", f"w/{n}", t=40 + n))
+        await wait_for_chain(service.store, "acme", size)
+        signed = await service.http.post("/v1/chains/acme/checkpoints")
+        assert signed.status_code in (200, 201), signed.text
+        assert signed.json()["size"] == size
 
     response = await service.http.get("/v1/chains/acme/export")
     assert response.status_code == 200
