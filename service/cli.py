@@ -370,6 +370,84 @@ def cmd_ledger_rotate_key(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_orgs_create(args: argparse.Namespace) -> int:
+    from service.adapters.access_store import AccessStore
+    from service.app.access import create_org
+
+    org = _store_call(
+        _settings(args),
+        lambda store: create_org(AccessStore.of(store), args.org, args.name, datetime.now(UTC)),
+    )
+    print(f"created org {org.org}")
+    return EXIT_OK
+
+
+def cmd_orgs_list(args: argparse.Namespace) -> int:
+    from service.adapters.access_store import AccessStore
+
+    orgs = _store_call(_settings(args), lambda store: AccessStore.of(store).orgs())
+    for org in orgs:
+        print(f"{org.org}\t{org.created_at.isoformat()}\t{org.display_name}")
+    return EXIT_OK
+
+
+def cmd_apikeys_create(args: argparse.Namespace) -> int:
+    from service.adapters.access_store import AccessStore
+    from service.app.access import create_api_key
+
+    issued = _store_call(
+        _settings(args),
+        lambda store: create_api_key(
+            AccessStore.of(store),
+            args.role,
+            args.org,
+            datetime.now(UTC),
+            label=args.label,
+            days=args.days,
+        ),
+    )
+    r = issued.record
+    print(
+        f"API key {r.key_id}: role {r.role}, org {r.org or '-'}, expires "
+        f"{r.expires_at.isoformat()}. It is shown once (only its hash is kept):",
+        file=sys.stderr,
+    )
+    # Alone on stdout, so that KEY=$(trustledger apikeys create ...) works.
+    print(issued.token)
+    return EXIT_OK
+
+
+def cmd_apikeys_list(args: argparse.Namespace) -> int:
+    from service.adapters.access_store import AccessStore
+
+    keys = _store_call(_settings(args), lambda store: AccessStore.of(store).api_keys(args.org))
+    now = datetime.now(UTC)
+    print("key_id\torg\trole\tstate\texpires_at\tlast_used_at\tlabel")
+    for k in keys:
+        used = k.last_used_at.isoformat() if k.last_used_at else "-"
+        print(
+            f"{k.key_id}\t{k.org or '-'}\t{k.role}\t{k.state(now)}\t"
+            f"{k.expires_at.isoformat()}\t{used}\t{k.label}"
+        )
+    return EXIT_OK
+
+
+def cmd_apikeys_revoke(args: argparse.Namespace) -> int:
+    from service.adapters.access_store import AccessStore
+    from service.app.access import revoke_api_key
+    from service.domain.access import parse_api_key
+
+    # A whole key names its id too; the id alone is what `apikeys list` shows.
+    key_id = parse_api_key(args.key_id) or args.key_id
+    revoked = _store_call(
+        _settings(args),
+        lambda store: revoke_api_key(AccessStore.of(store), key_id, datetime.now(UTC)),
+    )
+    assert revoked.revoked_at is not None
+    print(f"revoked API key {revoked.key_id} at {revoked.revoked_at.isoformat()}")
+    return EXIT_OK
+
+
 def _instant(text: str | None, option: str) -> datetime | None:
     """An RFC 3339 instant from the command line; one without an offset is UTC."""
     if text is None:
@@ -526,6 +604,42 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--out", help="private key file (default ORG.key.json)")
     create.add_argument("--label", default="", help="a note stored with the key")
     create.set_defaults(fn=cmd_keys_create)
+
+    orgs = sub.add_parser("orgs", help="organisations (who API keys act for)").add_subparsers(
+        dest="orgs_command", required=True
+    )
+    org_create = with_data_dir(orgs.add_parser("create", help="add an org"))
+    org_create.add_argument("org", help="org id: 1-63 of a-z 0-9 _ -")
+    org_create.add_argument("--name", default="", help="display name")
+    org_create.set_defaults(fn=cmd_orgs_create)
+    with_data_dir(orgs.add_parser("list", help="every org")).set_defaults(fn=cmd_orgs_list)
+
+    apikeys = sub.add_parser(
+        "apikeys", help="API keys for the HTTP API (docs/api.md)"
+    ).add_subparsers(dest="apikeys_command", required=True)
+    key_create = with_data_dir(
+        apikeys.add_parser(
+            "create",
+            help="make a key and print it once (stdout); only its hash is stored",
+        )
+    )
+    key_create.add_argument(
+        "--role",
+        required=True,
+        choices=["relying_party", "publisher_admin", "auditor", "operator"],
+    )
+    key_create.add_argument("--org", help="the org it acts for (every role but operator)")
+    key_create.add_argument("--label", default="", help="a note shown by `apikeys list`")
+    key_create.add_argument(
+        "--days", type=int, default=365, help="valid for this many days (1-3650, default 365)"
+    )
+    key_create.set_defaults(fn=cmd_apikeys_create)
+    key_list = with_data_dir(apikeys.add_parser("list", help="keys (never their secrets)"))
+    key_list.add_argument("--org", help="only this org's keys")
+    key_list.set_defaults(fn=cmd_apikeys_list)
+    key_revoke = with_data_dir(apikeys.add_parser("revoke", help="revoke a key at once"))
+    key_revoke.add_argument("key_id", help="the key id `apikeys list` shows (or the whole key)")
+    key_revoke.set_defaults(fn=cmd_apikeys_revoke)
 
     publish = with_data_dir(
         sub.add_parser("publish", help="sign and publish events from JSON files")

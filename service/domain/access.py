@@ -202,7 +202,7 @@ def decide(rule: Rule | None, caller: Principal | None, named_org: str | None) -
         return None
     if named_org == caller.org or (rule.scope == "own_org" and named_org is None):
         return None
-    return Refusal(403, f"a {caller.role} key reads its own org's data only")
+    return Refusal(403, f"this {caller.role} key reads its own org's data only")
 
 
 def visible_org(caller: Principal) -> str | None:
