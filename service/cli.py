@@ -237,10 +237,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _run(go())
     progress.done()
     print(f"published {len(events)} signed events for {AGENT_ORG} and {GATEWAY_ORG}; now try:")
+    auth = f'-H "Authorization: Bearer $(cat {settings.data_dir / "operator.key"})"'
     for agent in ("billing-bot", "ops-agent", "scraper"):
-        print(f"  curl -s {args.api}/v1/agents/{AGENT_ORG}/{agent}/posture")
-    print(f"  curl -s {args.api}/v1/agents/{AGENT_ORG}/ops-agent/timeline")
-    print(f"  curl -s '{args.api}/v1/postures?band=untrusted'   # after the scheduler's next tick")
+        print(f"  curl -s {auth} {args.api}/v1/agents/{AGENT_ORG}/{agent}/posture")
+    print(f"  curl -s {auth} {args.api}/v1/agents/{AGENT_ORG}/ops-agent/timeline")
+    print(f"  curl -s {auth} '{args.api}/v1/postures?band=untrusted'   # after the next tick")
     return EXIT_OK
 
 
