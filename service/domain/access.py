@@ -33,7 +33,7 @@ ROLES: tuple[Role, ...] = get_args(Role)
 KEY_SCHEME = "tlk"
 KEY_ID_HEX_CHARS = 12
 SECRET_BYTES = 32
-_KEY_FORMAT = re.compile(r"^tlk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
+_KEY_FORMAT = re.compile(r"tlk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 MAX_TOKEN_CHARS = 64
 """A bearer token longer than any key is refused before it is parsed."""
 _HASH_DOMAIN = b"trustledger/api-key/v1\x00"
@@ -63,7 +63,7 @@ def parse_api_key(token: str) -> str | None:
     """The key id of a well-formed key, or None: nothing else is looked up."""
     if len(token) > MAX_TOKEN_CHARS:
         return None
-    match = _KEY_FORMAT.match(token)
+    match = _KEY_FORMAT.fullmatch(token)  # not match(): `$` would let a trailing "\n" in
     return match[1] if match else None
 
 
