@@ -23,6 +23,7 @@ from service.api.controllers import (
     PostureListController,
     QuarantineController,
 )
+from service.api.openapi import document_problems
 from service.api.problems import EXCEPTION_HANDLERS
 from service.app.ledger_key import LedgerSigner
 from service.domain.access import rule_for
@@ -121,6 +122,7 @@ def create_app(
         ),
     )
     _check_every_route_has_a_rule(app)
+    document_problems(app)
     return app
 
 
