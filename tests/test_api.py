@@ -119,10 +119,10 @@ async def _publish_agent_traffic(
         ),
         pytest.param(
             "GET",
-            "/v1/agents/acme/bot/timeline?limit=0",
+            "/v1/agents/acme/bot/timeline?limit=1",
             400,
             "invalid-request",
-            id="timeline-limit-zero",
+            id="timeline-limit-one",
         ),
     ],
 )
@@ -361,3 +361,62 @@ async def test_quarantine_lists_raw_bytes_when_a_message_was_refused(
     assert {i["reason"] for i in first["items"] + rest["items"]} == {"missing_signature"}
     other = (await service.http.get("/v1/quarantine", params={"org": "beta"})).json()
     assert other == {"items": [], "next_after_id": None}
+
+
+async def test_commitments_are_paged_by_id_when_an_agent_has_many(
+    service: RunningService, org_key: OrgKeyFactory, publisher: PublisherFactory
+) -> None:
+    """`after`/`limit` page the commitments by id; `next_after` links the pages, then null."""
+    pub = await publisher(await org_key("acme"))
+    events: list[Event] = [registered("acme", "bot")]
+    events += [declared("acme", "bot", f"c{n}", ["a.*"], ["r/*"], t=1 + n) for n in range(5)]
+    for event in events:
+        await pub.publish(event)
+    await wait_for_chain(service.store, "acme", 1 + len(events))
+
+    seen: list[list[str]] = []
+    after: str | None = None
+    while True:
+        params = {"limit": 2} | ({"after": after} if after else {})
+        page = (await service.http.get("/v1/agents/acme/bot/commitments", params=params)).json()
+        seen.append([c["commitment_id"] for c in page["commitments"]])
+        assert all(c["versions_total"] == 1 for c in page["commitments"])
+        after = page["next_after"]
+        if after is None:
+            break
+    assert seen == [["c0", "c1"], ["c2", "c3"], ["c4"]]
+
+
+@pytest.mark.parametrize("limit", [2, 3])
+async def test_timeline_pages_with_next_from_when_changes_exceed_the_limit(
+    service: RunningService, org_key: OrgKeyFactory, publisher: PublisherFactory, limit: int
+) -> None:
+    """A truncated timeline names `next_from`; from there it goes on, nothing lost or repeated
+    (a page never ends between two changes of one instant)."""
+    pub = await publisher(await org_key("acme"))
+    events: list[Event] = [
+        registered("acme", "bot"),
+        declared("acme", "bot", "c", ["a.*"], ["r/*"], t=1),
+        *(declared("acme", "bot", f"d{n}", ["a.*"], ["r/*"], t=2 + n) for n in range(3)),
+        # A band change at t=2 too: the second and third changes share an instant.
+        performed("acme", "bot", "z.forbidden", "elsewhere", t=2),
+    ]
+    for event in events:
+        await pub.publish(event)
+    await wait_for_chain(service.store, "acme", 1 + len(events))
+    window = {"from": "2024-12-31T00:00:00Z", "to": "2025-01-02T00:00:00Z"}
+
+    whole = (await service.http.get("/v1/agents/acme/bot/timeline", params=window)).json()
+    assert whole["truncated"] is False
+    assert whole["next_from"] is None
+    instants: list[str] = []
+    start = window["from"]
+    while True:
+        params = window | {"from": start, "limit": limit}
+        page = (await service.http.get("/v1/agents/acme/bot/timeline", params=params)).json()
+        instants += [c["at"] for c in page["changes"]]
+        if not page["truncated"]:
+            break
+        start = page["next_from"]
+    assert instants == [c["at"] for c in whole["changes"]]
+    assert len(instants) > len(set(instants)) > limit  # a same-instant pair, several pages

@@ -183,7 +183,7 @@ class AgentController(Controller):
         start: Annotated[datetime | None, QueryParameter(name="from")] = None,
         end: Annotated[datetime | None, QueryParameter(name="to")] = None,
         evidence: EvidenceParam = "all",
-        limit: Annotated[int, Parameter(ge=1, le=TIMELINE_LIMIT)] = 100,
+        limit: Annotated[int, Parameter(ge=2, le=TIMELINE_LIMIT)] = 100,
     ) -> TimelineView:
         end_at = _instant(end, "to") if end is not None else _now(state)
         start_at = _instant(start, "from") if start is not None else end_at - timedelta(days=30)
@@ -193,9 +193,16 @@ class AgentController(Controller):
             raise _bad_query(
                 "from", f"a timeline spans at most {MAX_TIMELINE.days} days; ask for several"
             )
+        # One change more than asked: a page must not end between two changes of
+        # one instant, or `next_from` (exclusive) would skip the second.
         found = await timeline(
-            _store(state), org, agent, start_at, end_at, evidence == "third_party", limit
+            _store(state), org, agent, start_at, end_at, evidence == "third_party", limit + 1
         )
+        points, truncated = found.points[:limit], len(found.points) > limit
+        if truncated:
+            following = found.points[limit].at
+            whole = [p for p in points if p.at != following]
+            points = whole or points  # limit >= 2 and at most 2 changes per instant
         return TimelineView(
             org=org,
             agent=agent,
@@ -212,10 +219,10 @@ class AgentController(Controller):
                     [evidence_view(i) for i in p.evidence[:POINT_EVIDENCE_LIMIT]],
                     len(p.evidence),
                 )
-                for p in found.points
+                for p in points
             ],
-            truncated=found.truncated,
-            next_from=found.points[-1].at if found.truncated and found.points else None,
+            truncated=truncated,
+            next_from=points[-1].at if truncated else None,
         )
 
     @get(
