@@ -16,10 +16,11 @@ import json
 import logging
 import random
 import shutil
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +29,14 @@ import httpx
 
 from faults import poison as poisons
 from faults.checker import Findings, check_ledger, wait_drained
-from faults.lab import Lab, PositionWatch, Proc, clean_env, wait_for
+from faults.lab import REPO, Lab, PositionWatch, Proc, clean_env, wait_for
 from faults.proxy import TcpProxy
 from faults.rawnats import RawPublishError, raw_publish
 from faults.servers import RestartableNats, RestartablePostgres, _pids_with_cwd
 from faults.workload import (
     GATEWAY,
     ORGS,
+    T0,
     Workload,
     connect_publisher,
     publish_acked,
@@ -43,7 +45,6 @@ from faults.workload import (
 from service.adapters.embedded import free_tcp_port
 from service.adapters.postgres import LedgerStore
 from service.app.keys import register_new_key
-from service.app.posture import assess_agent
 from service.config import Settings
 from service.errors import StorageError
 
@@ -874,14 +875,46 @@ async def _poison_outcome(lab: Lab, seq: int | None) -> str | None:
     return found[0] if found else None
 
 
+_POSTURE_READ = """
+import asyncio, sys, time
+from datetime import datetime
+from service.adapters.postgres import LedgerStore
+from service.app.posture import assess_agent
+
+async def main():
+    store = await LedgerStore.connect(sys.argv[1], max_size=1)
+    try:
+        t = time.monotonic()
+        await assess_agent(store, sys.argv[2], sys.argv[3], datetime.fromisoformat(sys.argv[4]))
+        print(time.monotonic() - t)
+    finally:
+        await store.close()
+
+asyncio.run(main())
+"""
+
+
 async def _time_posture_read(lab: Lab) -> float:
-    """One posture read of the agent the pattern poisons target."""
-    t = time.monotonic()
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(
-            assess_agent(lab.store, poisons.ORG, poisons.AGENT, datetime.now(UTC)), 60
-        )
-    return time.monotonic() - t
+    """One posture read of the agent the pattern poisons target, by the service's own
+    code (the tree the roles run from), as of the workload's time so that the
+    hostile event is inside the windows it reads."""
+    as_of = (T0 + timedelta(hours=1)).isoformat()
+    args = [lab.database_url, poisons.ORG, poisons.AGENT, as_of]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _POSTURE_READ, *args,
+        cwd=lab.service_tree or REPO, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return 120.0
+    try:
+        return float(out.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return float("inf")
 
 
 # ---- the registry ------------------------------------------------------------------------
