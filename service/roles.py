@@ -24,6 +24,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from service import metrics
 from service.adapters import broker
+from service.adapters.access_store import AccessStore
 from service.adapters.data_dir_lock import DataDirLock
 from service.adapters.embedded import EmbeddedNats, EmbeddedPostgres
 from service.adapters.keyfile import load_or_create_key
@@ -31,6 +32,8 @@ from service.adapters.migrations import migrate
 from service.adapters.postgres import LedgerStore, StreamPosition
 from service.adapters.supervision import Supervisor
 from service.api.app import HealthCheck, create_app
+from service.api.server import server_options
+from service.app.access import OPERATOR_KEY_FILE, bootstrap_operator_key
 from service.app.checkpoints import make_due_checkpoints
 from service.app.consumer import IngestWorker
 from service.app.ledger_key import LedgerSigner, ensure_registered, ledger_keys
@@ -75,12 +78,23 @@ def _check_port_free(host: str, port: int) -> None:
             raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}; choose --port") from e
 
 
-async def run_roles(settings: Settings, roles: Roles, stop: asyncio.Event) -> None:
-    """Run the given roles until `stop` is set, then shut them down in order."""
+async def run_roles(
+    settings: Settings, roles: Roles, stop: asyncio.Event, bootstrap_operator: bool = False
+) -> None:
+    """Run the given roles until `stop` is set, then shut them down in order.
+
+    `bootstrap_operator` (`up` on one machine): on a new data folder, issue an
+    operator API key, write it to the data folder (0600) and print it once."""
     dsn, nats_url = settings.require_servers()
     _check_port_free(settings.host, settings.port)
     await migrate(dsn)
     store = await LedgerStore.connect(dsn)
+    if bootstrap_operator:
+        try:
+            await _announce_operator_key(store, settings.data_dir)
+        except BaseException:
+            await store.close()
+            raise
     try:
         nc = await broker.connect(nats_url, name=f"trustledger-{'-'.join(roles.names)}")
     except BaseException:
@@ -142,6 +156,7 @@ async def run_roles(settings: Settings, roles: Roles, stop: asyncio.Event) -> No
             log_config=None,
             access_log=False,
             lifespan="on",
+            **server_options(),  # type: ignore[arg-type]  # uvicorn.Config's keywords, bounded
         )
         server = _Server(config)
         tasks.append(asyncio.create_task(server.serve(), name="http"))
@@ -170,6 +185,17 @@ async def run_roles(settings: Settings, roles: Roles, stop: asyncio.Event) -> No
             await nc.close()
         await store.close()
         log.info("stopped")
+
+
+async def _announce_operator_key(store: LedgerStore, data_dir: Path) -> None:
+    token = await bootstrap_operator_key(AccessStore.of(store), data_dir)
+    if token is not None:
+        # Standard output, not the log: the one time this secret is shown.
+        print(
+            f"operator API key (shown once, kept in {data_dir / OPERATOR_KEY_FILE}, mode 0600):"
+            f"\n{token}",
+            flush=True,
+        )
 
 
 async def _catch_up_projections(store: LedgerStore) -> None:
@@ -340,7 +366,7 @@ async def _serve_supervised(settings: Settings, supervisor: Supervisor) -> None:
             loop.call_soon_threadsafe(stop.set)
 
     supervisor.start(give_up)
-    await run_roles(settings, Roles(), stop)
+    await run_roles(settings, Roles(), stop, bootstrap_operator=True)
 
 
 def _write_runtime(settings: Settings) -> None:

@@ -242,9 +242,17 @@ def _publish(up: Up, key_file: Path, work: Path, event: Mapping[str, object]) ->
     return event_id
 
 
+def _operator_auth(up: Up) -> dict[str, str]:
+    """The operator key `up` wrote into its new data folder."""
+    token = (up.data_dir / "operator.key").read_text().strip()
+    return {"Authorization": f"Bearer {token}"}
+
+
 def _chained_ids(up: Up) -> list[str]:
     try:
-        response = httpx.get(f"{up.url}/v1/chains/{ORG}/entries?limit=1000", timeout=5)
+        response = httpx.get(
+            f"{up.url}/v1/chains/{ORG}/entries?limit=1000", headers=_operator_auth(up), timeout=5
+        )
     except httpx.TransportError:
         return []
     if response.status_code != 200:
@@ -408,3 +416,26 @@ def test_up_starts_when_a_first_start_was_killed_during_initdb(
     assert not (data_dir / "postgres.initdb").exists()
     assert (data_dir / "postgres" / "PG_VERSION").exists()
     assert second.stop() == 0
+
+
+def test_up_prints_an_operator_key_once_when_the_data_folder_is_new(
+    start_up: type[Up], work: Path
+) -> None:
+    """The first `up` on a folder prints a working operator key and keeps it in a file only
+    its user can read; a restart on the same folder prints none."""
+    first = _new_up(start_up, work, "first")
+    first.wait_ready()
+    key_file = first.data_dir / "operator.key"
+    token = key_file.read_text().strip()
+    assert (key_file.stat().st_mode & 0o777) == 0o600
+    assert first.log().count(token) == 1
+    metrics = httpx.get(f"{first.url}/metrics", headers=_operator_auth(first), timeout=5)
+    assert metrics.status_code == 200
+    assert httpx.get(f"{first.url}/metrics", timeout=5).status_code == 401
+    assert first.stop() == 0
+
+    again = start_up(first.data_dir, free_tcp_port(), work / "again.log")
+    again.wait_ready()
+    assert "operator API key" not in again.log()
+    assert key_file.read_text().strip() == token
+    assert again.stop() == 0
