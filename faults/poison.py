@@ -224,7 +224,7 @@ POISONS: tuple[Poison, ...] = (
     ),
     Poison(
         "long-resource-vs-pattern",
-        f"gateway observation, 700-char resource vs bound {BACKTRACK_BOUND}",
+        f"gateway observation, 700-char resource vs bound `{BACKTRACK_BOUND}`",
         long_resource,
         expect="settle",
         setup=lambda: _declare("s3", ["s3.*"], [BACKTRACK_BOUND]),
@@ -232,7 +232,7 @@ POISONS: tuple[Poison, ...] = (
     ),
     Poison(
         "own-pattern-backtrack",
-        f"own action, 1000 x 'a' vs own bound {OWN_BOUND}",
+        f"own action, 1000 x `a` vs own bound `{OWN_BOUND}`",
         own_pattern,
         expect="settle",
         setup=lambda: _declare("own", ["s3.*"], [OWN_BOUND]),

@@ -239,7 +239,18 @@ class RestartablePostgres(_Restartable):
 
     def _ready(self) -> bool:
         result = subprocess.run(
-            [str(_pg_bin() / "pg_isready"), "-q", "-h", HOST, "-p", str(self.port), "-t", "1"],
+            [
+                str(_pg_bin() / "pg_isready"),
+                "-q",
+                "-h",
+                HOST,
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-t",
+                "1",
+            ],
             stdin=subprocess.DEVNULL,
             check=False,
         )
