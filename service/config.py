@@ -16,6 +16,7 @@ and passes it down.
 | TRUSTLEDGER_FETCH_WAIT_MS         | 100                             |
 | TRUSTLEDGER_INGEST_STALL_S        | 30                              |
 | TRUSTLEDGER_DUPLICATE_WINDOW_S    | 120                             |
+| TRUSTLEDGER_NATS_SYNC_ALWAYS      | 0 (embedded NATS: 1 = fsync before every ack) |
 | TRUSTLEDGER_LEDGER_NAME           | trustledger.local               |
 | TRUSTLEDGER_LEDGER_KEY_FILE       | <data dir>/ledger-key.json      |
 | TRUSTLEDGER_CHECKPOINT_INTERVAL_S | 60                              |
@@ -60,6 +61,8 @@ class Settings:
     ingest_stall_s: int = 30
     """Readiness fails when messages wait and ingest committed nothing for this long."""
     duplicate_window_s: float = 120.0
+    nats_sync_always: bool = False
+    """The embedded NATS syncs to disk before every ack (docs/reliability.md §4)."""
     ledger_name: str = "trustledger.local"
     """Names the ledger in checkpoints (origin `<name>/<chain>`) and its note key."""
     ledger_key_file: Path | None = None
@@ -118,6 +121,13 @@ class Settings:
         return self.database_url, self.nats_url
 
 
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = (env.get(name) or "0").strip().lower()
+    if raw not in ("0", "1", "false", "true"):
+        raise ConfigError(f"{name} must be 1 or 0 (true or false), got {raw!r}")
+    return raw in ("1", "true")
+
+
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -161,6 +171,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
         duplicate_window_s=float(
             _int(env, "TRUSTLEDGER_DUPLICATE_WINDOW_S", int(defaults.duplicate_window_s))
         ),
+        nats_sync_always=_flag(env, "TRUSTLEDGER_NATS_SYNC_ALWAYS"),
         ledger_name=env.get("TRUSTLEDGER_LEDGER_NAME") or defaults.ledger_name,
         ledger_key_file=(
             Path(env["TRUSTLEDGER_LEDGER_KEY_FILE"]).expanduser()

@@ -330,7 +330,7 @@ def _up_locked(settings: Settings) -> None:
             database_url = postgres.start()
             log.info("embedded PostgreSQL at %s", database_url)
         if nats_url is None:
-            nats = EmbeddedNats(data_dir / "nats")
+            nats = EmbeddedNats(data_dir / "nats", sync_always=settings.nats_sync_always)
             nats_url = nats.start()
             log.info("embedded NATS at %s", nats_url)
         settings = settings.with_servers(database_url, nats_url)

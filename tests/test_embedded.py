@@ -414,3 +414,38 @@ def test_restart_delay_doubles_up_to_its_ceiling_when_attempts_fail(
 ) -> None:
     """The first restart is immediate; later ones wait 0.5 s, doubling, at most 8 s."""
     assert RestartPolicy().delay_before(attempt) == delay_s
+
+
+@pytest.mark.parametrize("sync_always", [True, False])
+def test_nats_syncs_before_every_ack_when_asked(tmp_path: Path, sync_always: bool) -> None:
+    """With `sync_always` the embedded NATS runs with `sync_interval: always` (the server's
+    own /varz says so for the configuration it was given); without it, the server's default."""
+    server = EmbeddedNats(tmp_path / "nats", sync_always=sync_always)
+    try:
+        server.start()
+        assert f"Using configuration file: {server.config_path}" in server.log_path.read_text()
+    finally:
+        server.stop()
+    # The same configuration file, read by the same binary with monitoring on.
+    port, monitor = embedded.free_tcp_port(), embedded.free_tcp_port()
+    command = [embedded._nats_binary(), "-c", str(server.config_path), "-a", "127.0.0.1",
+               "-p", str(port), "-m", str(monitor), "-js", "-sd", str(tmp_path / "probe")]  # fmt: skip
+    probe = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", monitor), timeout=1) as s:
+                    s.sendall(b"GET /varz HTTP/1.0\r\n\r\n")
+                    raw = b""
+                    while chunk := s.recv(65536):
+                        raw += chunk
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "nats-server monitoring did not answer"
+                time.sleep(0.1)
+        varz = json.loads(raw.split(b"\r\n\r\n", 1)[1])
+        assert varz["jetstream"]["config"].get("sync_always", False) is sync_always
+    finally:
+        probe.terminate()
+        probe.wait(10)
