@@ -53,7 +53,8 @@ from service.domain.events import (
     PublisherKeyRegistered,
     PublisherKeyRevoked,
 )
-from service.domain.signing import SigningKey, b64url
+from service.domain.key_proof import registration
+from service.domain.signing import SigningKey
 from service.roles import Roles, run_roles
 
 DATABASE_URL_ENV = "TRUSTLEDGER_TEST_DATABASE_URL"
@@ -206,14 +207,8 @@ def observed(
 
 
 def key_registered(org: str, new_key: SigningKey, t: int = 0) -> PublisherKeyRegistered:
-    return PublisherKeyRegistered(
-        id=f"key-{new_key.key_id}",
-        org=org,
-        occurred_at=at(t),
-        key_id=new_key.key_id,
-        public_key=b64url(new_key.public_key),
-        label="test key",
-    )
+    """`org` registers `new_key`, with the proof of possession only its holder can make."""
+    return registration(new_key, f"key-{new_key.key_id}", at(t), "test key", org=org)
 
 
 def key_revoked(org: str, old_key: SigningKey, t: int = 0) -> PublisherKeyRevoked:

@@ -27,6 +27,7 @@ from service.domain.admission import (
     PublisherKey,
     Refused,
     admit,
+    check_new_key,
     subject_org,
 )
 from service.domain.chain import EntryFields, entry_hash, to_micros
@@ -162,8 +163,9 @@ async def append_operator_event(
 
     Used to register an org's first key: a `publisher_key.registered` event
     signed by the very key it registers. Every other admission check still
-    applies (the signature must verify, the key id must match the public key),
-    so the chain always shows which key vouched for every entry."""
+    applies (the signature must verify, the key id must match the public key,
+    the proof must verify, the key id must be new to the registry), so the
+    chain always shows which key vouched for every entry."""
     try:
         event = decode_event(data)
     except EventDecodeError as e:
@@ -234,6 +236,12 @@ async def _apply(
         event = verdict.event
         if (event.org, event.id) in seen:
             outcome.duplicates += 1
+            continue
+        # After the duplicate check: a redelivered registration finds its own key
+        # registered, and must count as the duplicate it is.
+        verdict = check_new_key(verdict, keys)
+        if isinstance(verdict, Refused):
+            refused.append(verdict)
             continue
         head = heads.get(event.org)
         if head is None:

@@ -6,8 +6,9 @@ from datetime import UTC, datetime
 
 from service.adapters.postgres import LedgerStore
 from service.app.ingest import append_operator_event
-from service.domain.events import PublisherKeyRegistered, encode_event
-from service.domain.signing import SigningKey, b64url
+from service.domain.events import encode_event
+from service.domain.key_proof import registration
+from service.domain.signing import SigningKey
 
 
 async def register_new_key(store: LedgerStore, org: str, label: str = "") -> tuple[SigningKey, int]:
@@ -21,16 +22,10 @@ async def register_new_key(store: LedgerStore, org: str, label: str = "") -> tup
 
 
 async def register_key(store: LedgerStore, key: SigningKey, label: str = "") -> int:
-    """Chain the self-signed registration of an existing key pair; returns the entry's seq."""
+    """Chain the self-signed registration of an existing key pair, with its proof of
+    possession; returns the entry's seq."""
     org = key.org
-    event = PublisherKeyRegistered(
-        id=f"key-{key.key_id}",
-        org=org,
-        occurred_at=datetime.now(UTC),
-        key_id=key.key_id,
-        public_key=b64url(key.public_key),
-        label=label,
-    )
+    event = registration(key, f"key-{key.key_id}", datetime.now(UTC), label)
     data = encode_event(event)
     outcome = await append_operator_event(store, data, key.key_id, key.sign(data))
     return outcome.chains[org]

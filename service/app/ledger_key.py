@@ -17,7 +17,8 @@ from service.app.ingest import Clock, chain_entry, utc_now
 from service.app.verify import verify_ledger_keys
 from service.domain.admission import Admitted, Incoming
 from service.domain.audit import LEDGER_CHAIN, Finding, KeyState, verify_sequentially
-from service.domain.events import PublisherKeyRegistered, encode_event
+from service.domain.events import encode_event
+from service.domain.key_proof import registration
 from service.domain.signing import SigningKey, b64url
 from service.errors import ConfigError, IntegrityError, StorageError
 
@@ -66,10 +67,9 @@ async def ensure_registered(
             "`trustledger ledger rotate-key`, which signs its registration with the current key"
         )
     by = endorser.key if keys.registered and endorser is not None else signer.key
-    event = PublisherKeyRegistered(
-        id=f"ledger-key-{key_id}", org=LEDGER_CHAIN, occurred_at=clock(), key_id=key_id,
-        public_key=b64url(signer.key.public_key), label=signer.name,
-    )  # fmt: skip
+    event = registration(
+        signer.key, f"ledger-key-{key_id}", clock(), signer.name, org=LEDGER_CHAIN
+    )  # the same proof of possession as a publisher key's (ledger-format.md §5.4)
     data = encode_event(event)
     signature = by.sign(data)
     message = Incoming(LEDGER_CHAIN, data, by.key_id, b64url(signature), 0)

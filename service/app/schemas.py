@@ -5,6 +5,9 @@
 fails when the checked-in files are stale. Rendering is deterministic: sorted
 keys, two-space indent, a trailing newline, UTF-8.
 
+Members in `events.ADMISSION_REQUIRED` are listed as required: the decoder
+takes them absent (for events admitted before they existed), admission does not.
+
 The description of each object comes from its Struct's docstring, cleaned here
 with `inspect.cleandoc`, never as msgspec renders it: msgspec changed that
 rendering between releases (0.23 dedents, earlier ones did not), and the
@@ -25,7 +28,13 @@ from pathlib import Path
 import msgspec
 
 from service.domain import events
-from service.domain.events import EVENT_TYPES, MAX_EVENT_BYTES, MAX_JSON_DEPTH, Event
+from service.domain.events import (
+    ADMISSION_REQUIRED,
+    EVENT_TYPES,
+    MAX_EVENT_BYTES,
+    MAX_JSON_DEPTH,
+    Event,
+)
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_BASE_URI = "https://trustledger.dev/schemas/v1/"
@@ -101,6 +110,12 @@ def _with_own_descriptions(schema: dict[str, object]) -> dict[str, object]:
         if not isinstance(definition, dict):
             raise TypeError(f"schema definition {name!r} is not an object")
         rest = {key: value for key, value in definition.items() if key != "description"}
+        admission_required = ADMISSION_REQUIRED.get(struct, ())
+        if admission_required:
+            # Publishers validate against these files: show what admission requires.
+            required = rest.get("required")
+            listed = list(required) if isinstance(required, list) else []
+            rest["required"] = listed + [n for n in admission_required if n not in listed]
         doc = struct.__doc__
         own[name] = {**rest, "description": inspect.cleandoc(doc)} if doc else rest
     return {**schema, "$defs": own}

@@ -14,6 +14,14 @@ this order, and the first that fails names the quarantine reason:
 9. `schema_invalid`         JSON, but not a valid event of the wire contract
 10. `key_org_mismatch`      the event's `org` is not the org that owns the key
 11. `subject_mismatch`      the subject's org token is not the event's `org`
+12. `key_proof_invalid`     a `publisher_key.registered` without a `proof` by the
+                            key it registers for this org and this event id
+13. `key_already_registered` a `publisher_key.registered` of a key id that is
+                            already registered, by any org (`check_new_key`)
+
+Check 13 is made at chaining, against the registry as it stands at that point
+of the batch and after duplicates are dropped (a redelivered registration is a
+duplicate, not a refusal); `admit` makes checks 1-12.
 
 Authenticity is checked before the bytes are parsed: nothing unsigned is
 interpreted. The headers are checked against their patterns before they are
@@ -31,6 +39,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import msgspec
+
 from service.domain.events import (
     KEY_ID_PATTERN,
     MAX_EVENT_BYTES,
@@ -41,6 +51,7 @@ from service.domain.events import (
     decode_event,
     printable,
 )
+from service.domain.key_proof import key_proof_problem
 from service.domain.signing import SIGNATURE_SIZE, from_b64url, key_id_for, verify_signature
 
 KEY_ID_HEADER = "Tl-Key-Id"
@@ -60,6 +71,8 @@ REASONS = (
     "schema_invalid",
     "key_org_mismatch",
     "subject_mismatch",
+    "key_proof_invalid",
+    "key_already_registered",
 )
 
 
@@ -179,7 +192,45 @@ def admit(
             f"subject {printable(message.subject, 300)!r} does not carry the event's org"
             f" {event.org!r}",
         )
+    if isinstance(event, PublisherKeyRegistered):
+        if isinstance(event.proof, msgspec.UnsetType):
+            return refuse(
+                "key_proof_invalid",
+                f"a registration must carry a proof by key {event.key_id} that {event.org!r}"
+                " holds it (wire contract §3.3)",
+            )
+        problem = key_proof_problem(
+            event.org, event.key_id, event.id, from_b64url(event.public_key), event.proof
+        )
+        if problem:
+            return refuse("key_proof_invalid", problem)
     return Admitted(message, event, key.key_id, signature)
+
+
+def check_new_key(verdict: Admitted, keys: Mapping[str, PublisherKey]) -> Admitted | Refused:
+    """Check 13 for an admitted registration: its key id must be new to the whole registry.
+
+    Key ids are unique across orgs (a key signs for one org only), so a second
+    registration, by another org or by the same one, could only be chained to no
+    effect: it is refused, with a proof or without. Another org's key is not
+    named to the registering org (the quarantine is its to read)."""
+    event = verdict.event
+    if not isinstance(event, PublisherKeyRegistered):
+        return verdict
+    known = keys.get(event.key_id)
+    if known is None:
+        return verdict
+    if known.org != event.org:
+        where = "by another org"
+    else:
+        where = f"for {known.org!r}" + (
+            " and revoked (a revoked key stays revoked)" if known.revoked else ""
+        )
+    return Refused(
+        verdict.message,
+        "key_already_registered",
+        printable(f"key {event.key_id} is already registered {where}"),
+    )
 
 
 def _key_registration_problem(event: PublisherKeyRegistered) -> str | None:

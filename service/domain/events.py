@@ -14,7 +14,9 @@ Rules that hold for every event:
   units (cents), with an ISO 4217 currency code. There are no floats anywhere.
 
 Schema evolution: new fields are added with defaults; a field is never
-repurposed. Unknown fields are refused, so a typo never passes silently.
+repurposed. Unknown fields are refused, so a typo never passes silently. A new
+field that admission must require from then on (`ADMISSION_REQUIRED`) still gets
+a default here, so that events admitted before it existed still decode.
 
 Bounds. Every text, integer, list and time below has a bound, and so has the
 whole event (`MAX_EVENT_BYTES`, `MAX_JSON_DEPTH`): a publisher may be hostile,
@@ -146,6 +148,18 @@ Base64Key = Annotated[
     ),
 ]
 KeyId = Annotated[str, msgspec.Meta(min_length=16, max_length=16, pattern=KEY_ID_PATTERN)]
+KeyProof = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=86,
+        max_length=86,
+        pattern="^[A-Za-z0-9_-]{86}(?!\n)$",
+        description=(
+            "Ed25519 signature (64 bytes, base64url without padding) by the registered key over"
+            " the key proof message of `org`, `key_id` and `id` (wire contract §3.3)"
+        ),
+    ),
+]
 
 
 class Money(msgspec.Struct, forbid_unknown_fields=True):
@@ -268,11 +282,16 @@ class PublisherKeyRegistered(_Event, tag="publisher_key.registered"):
     """A new Ed25519 publisher key for `org`, signed by a key the org already has.
 
     An org's first key is registered by the operator (`trustledger keys create`);
-    that event is signed by the new key itself and appended without NATS."""
+    that event is signed by the new key itself and appended without NATS.
+    `proof`, a signature by the new key (`service.domain.key_proof`), shows that
+    the registering org holds it; the ledger admits no registration without one."""
 
     key_id: KeyId
     public_key: Base64Key
     label: Label = ""
+    # UNSET, not None: a registration without a proof encodes without the member,
+    # byte for byte as before proofs existed, and `"proof": null` is refused.
+    proof: KeyProof | msgspec.UnsetType = msgspec.UNSET
 
 
 class PublisherKeyRevoked(_Event, tag="publisher_key.revoked"):
@@ -305,6 +324,15 @@ EVENT_TYPES: tuple[type[_Event], ...] = (
     PublisherKeyRegistered,
     PublisherKeyRevoked,
 )
+
+ADMISSION_REQUIRED: dict[type[msgspec.Struct], tuple[str, ...]] = {
+    PublisherKeyRegistered: ("proof",)
+}
+"""Members admission requires although the Struct lets them be absent.
+
+The ledger still reads back events it admitted before such a member existed
+(rebuild, verify), so the decoder takes them absent; admission refuses a new
+event without them, and the published JSON Schema lists them as required."""
 
 _decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
 _encoder = msgspec.json.Encoder()
