@@ -39,6 +39,7 @@ import pytest
 
 ENTRY_PREFIX = b"trustledger/entry/v1" + b"\x00"
 KEY_ID_PREFIX = b"trustledger/key-id/v1" + b"\x00"
+KEY_PROOF_PREFIX = b"trustledger/key-proof/v1" + b"\x00"
 GENESIS = bytes(32)
 KEY_ID_RE = re.compile(r"[0-9a-f]{16}")
 PUBLIC_KEY_RE = re.compile(r"[A-Za-z0-9_-]{43}")
@@ -107,6 +108,33 @@ def b64url_decode(text: str) -> bytes:
     if base64.urlsafe_b64encode(data).rstrip(b"=").decode() != text:
         raise ValueError("not canonical base64url")
     return data
+
+
+def key_proof_message(org: str, key_id: str, event_id: str) -> bytes:
+    """Section 5.4: the bytes the registered key signs to prove possession."""
+    return (
+        KEY_PROOF_PREFIX
+        + _lp(org.encode("utf-8"))
+        + _lp(key_id.encode("ascii"))
+        + _lp(event_id.encode("utf-8"))
+    )
+
+
+def proof_holds(doc: Mapping[str, Any], public_key: bytes) -> bool:
+    """Section 5.4: a registration's `proof`, if it has one, proves possession of its key.
+
+    Called after step 5 (org and id are strings) and the key id check of step 7."""
+    if "proof" not in doc:
+        return True  # registered before the ledger required proofs
+    proof = doc["proof"]
+    if not isinstance(proof, str):
+        return False
+    try:
+        signature = b64url_decode(proof)
+    except ValueError:
+        return False
+    message = key_proof_message(doc["org"], doc["key_id"], doc["id"])
+    return ed25519_verifies(public_key, message, signature)
 
 
 MAX_JSON_DEPTH = 16  # section 4.1, E3
@@ -288,6 +316,8 @@ class ChainCheck:
                 or key_id_of(public_key) != registered
             ):
                 raise Broken(seq, "registration: key id does not match public key")
+            if not proof_holds(doc, public_key):
+                raise Broken(seq, "registration: proof of possession does not verify")
             if registered not in keys.registered:
                 keys.registered[registered] = seq
                 keys.active[registered] = public_key
@@ -1615,3 +1645,162 @@ def test_verifier_names_seq_when_api_entry_is_tampered(case: str, reason: str) -
     assert broken is not None
     assert broken.seq == (5 if case == "gap" else 4)
     assert reason in broken.reason
+
+
+# --- proofs of possession (section 5.4) ----------------------------------------------
+
+KEY_PROOF_GENERATOR_PATH = VECTOR_DIR / "generate_key_proof.py"
+KEY_PROOF_VECTOR: dict[str, Any] = json.loads(
+    (VECTOR_DIR / "key-proof-v1.json").read_text(encoding="utf-8")
+)
+WIRE_CONTRACT_PATH = REPO / "docs" / "wire-contract.md"
+REGISTRATION_EXAMPLE = REPO / "schemas" / "examples" / "publisher_key.registered.json"
+
+
+def _key_proof_generator() -> ModuleType:
+    return _load(KEY_PROOF_GENERATOR_PATH, "trustledger_key_proof_vector_generator")
+
+
+def test_key_proof_vector_and_example_equal_generator_output_when_regenerated() -> None:
+    """key-proof-v1.json, the schema example and the wire contract's worked example are current."""
+    generator = _key_proof_generator()
+    assert generator.render() == (VECTOR_DIR / "key-proof-v1.json").read_bytes(), (
+        "stale key-proof-v1.json: run `python tests/vectors/generate_key_proof.py`"
+    )
+    assert generator.example() == REGISTRATION_EXAMPLE.read_bytes()
+    assert generator.markdown() in WIRE_CONTRACT_PATH.read_text(encoding="utf-8"), (
+        "docs/wire-contract.md section 3.3 is stale: paste `generate_key_proof.py --markdown`"
+    )
+
+
+def test_independent_key_proof_matches_vector_and_refuses_replays_when_recomputed() -> None:
+    """Section 5.4 from the spec gives the vector's message; its proof verifies there only."""
+    v = KEY_PROOF_VECTOR
+    public_key = bytes.fromhex(v["key"]["public_key_hex"])
+    assert bytes.fromhex(v["domain_hex"]) == KEY_PROOF_PREFIX
+    message = key_proof_message(v["org"], v["key"]["key_id"], v["event_id"])
+    assert message.hex() == v["message_hex"]
+    proof = bytes.fromhex(v["proof_hex"])
+    assert b64url_decode(v["proof_b64url"]) == proof
+    assert ed25519_verifies(public_key, message, proof)
+    assert proof_holds(json.loads(v["event"]), public_key)
+    for replay in v["replays"]:
+        other = key_proof_message(replay["org"], v["key"]["key_id"], replay["event_id"])
+        assert other.hex() == replay["message_hex"]
+        assert not ed25519_verifies(public_key, other, proof)
+        doc = json.loads(v["event"]) | {"org": replay["org"], "id": replay["event_id"]}
+        assert not proof_holds(doc, public_key)
+
+
+def _proven(keys: dict[str, Any], name: str, n: int, proof: str = "valid") -> dict[str, Any]:
+    """A registration of key `name` as event n, its `proof` made as `proof` says."""
+    from service.domain.key_proof import make_key_proof
+    from service.domain.signing import b64url
+
+    doc = _registration(keys, name, n)
+    key = keys[name]
+    made = {
+        "valid": lambda: make_key_proof(key, "acme", f"evt-{n}"),
+        "other-org": lambda: make_key_proof(key, "globex", f"evt-{n}"),
+        "other-event": lambda: make_key_proof(key, "acme", f"evt-{n + 100}"),
+        "other-key": lambda: make_key_proof(keys["stranger"], "acme", f"evt-{n}"),
+        "other-bytes": lambda: b64url(key.sign(b"not a key proof message")),
+    }
+    return doc | {"proof": made[proof]()}
+
+
+def _service_finding(entries: list[dict[str, Any]]) -> int | None:
+    """The seq the service's own auditor (audit.ChainAuditor) stops at, if any."""
+    from service.domain.audit import AuditEntry, ChainAuditor, verify_sequentially
+
+    auditor = ChainAuditor("acme")
+    audit_entries = []
+    for e in entries:
+        hexed = [bytes.fromhex(e[name]) for name in ("signature", "prev_hash", "entry_hash")]
+        fields = (e["chain"], e["seq"], e["received_at_us"], e["key_id"], hexed[0])
+        audit_entries.append(AuditEntry(*fields, e["event"].encode(), hexed[1], hexed[2]))
+    finding = auditor.check(audit_entries, verify_sequentially)
+    return None if finding is None else finding.seq
+
+
+def _proof_steps(first: str = "valid", second: str = "valid") -> list[Step]:
+    keys = _keys()
+    return [
+        Step("first", _proven(keys, "first", 1, first)),
+        Step("first", _action(2)),
+        Step("first", _proven(keys, "second", 3, second)),
+        Step("second", _action(4)),
+    ]
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [_proof_steps(), _good_steps(_keys())],
+    ids=["with-proofs", "without-proofs-as-before-proofs-were-required"],
+)
+def test_both_verifiers_accept_registrations_when_proofs_hold_or_are_absent(
+    steps: list[Step],
+) -> None:
+    """Proofs that hold pass; a registration without one is a pre-proof entry and passes too."""
+    entries = _service_entries(steps)
+    assert verify_api_entries("acme", entries) is None
+    assert _service_finding(entries) is None
+
+
+@pytest.mark.parametrize("proof", ["other-org", "other-event", "other-key", "other-bytes"])
+@pytest.mark.parametrize(("which", "seq"), [("first", 1), ("second", 3)])
+def test_both_verifiers_name_the_registration_when_its_proof_does_not_hold(
+    proof: str, which: str, seq: int
+) -> None:
+    """A proof replayed from another org or event, made by another key or not a proof: that seq."""
+    steps = _proof_steps(**{which: proof})
+    entries = _service_entries(steps)
+    broken = verify_api_entries("acme", entries)
+    assert broken is not None
+    assert (broken.seq, broken.reason) == (seq, "registration: proof of possession does not verify")
+    assert _service_finding(entries) == seq
+
+
+@pytest.mark.parametrize("value", [None, 7, "", "A" * 86, ["x"]])
+def test_both_verifiers_name_the_registration_when_its_proof_member_is_not_a_proof(
+    value: object,
+) -> None:
+    """`proof` present but null, a number, empty, 86 characters of noise or a list: refused."""
+    keys = _keys()
+    doc = _registration(keys, "second", 3) | {"proof": value}
+    steps = [*_good_steps(keys)[:2], Step("first", doc)]
+    entries = _service_entries_raw(steps)
+    broken = verify_api_entries("acme", entries)
+    assert broken is not None
+    assert broken.seq == 3
+    assert _service_finding(entries) == 3
+
+
+def _service_entries_raw(steps: list[Step]) -> list[dict[str, Any]]:
+    """`_service_entries` for event bytes the wire contract would refuse (chained as given)."""
+    from service.adapters.postgres import ChainHead
+    from service.app.ingest import chain_entry
+    from service.domain.admission import Admitted, Incoming
+    from service.domain.chain import GENESIS_PREV_HASH, to_micros
+    from service.domain.events import AgentRetired
+    from service.domain.signing import b64url
+
+    keys = _keys()
+    head = ChainHead("acme", 0, GENESIS_PREV_HASH)
+    received = datetime.fromisoformat("2026-01-15T09:31:00.000001+00:00")
+    placeholder = AgentRetired(id="x", org="acme", occurred_at=received, agent="x")
+    out = []
+    for step in steps:
+        data = json.dumps(step.event).encode()
+        key = keys[step.signer]
+        signature = key.sign(data)
+        message = Incoming("tl.ev.acme._", data, key.key_id, b64url(signature), 1)
+        e = chain_entry(head, Admitted(message, placeholder, key.key_id, signature), received)
+        out.append(
+            {
+                "chain": e.chain, "seq": e.seq, "received_at_us": to_micros(e.received_at),
+                "key_id": e.key_id, "signature": e.signature.hex(), "event": data.decode(),
+                "prev_hash": e.prev_hash.hex(), "entry_hash": e.entry_hash.hex(),
+            }
+        )  # fmt: skip
+    return out

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from service.domain.chain import GENESIS_PREV_HASH, EntryFields, entry_hash
 from service.domain.checkpoint import Checkpoint, CheckpointError, origin_for, verify_checkpoint
 from service.domain.events import EventDecodeError, load_json_strict
+from service.domain.key_proof import key_proof_problem
 from service.domain.signing import SIGNATURE_SIZE, key_id_for, verify_signature
 
 LEDGER_CHAIN = "_ledger"
@@ -293,7 +294,7 @@ class ChainAuditor:
         registers = event.get("kind") == "publisher_key.registered"
         if registers and event.get("key_id") == e.key_id and e.key_id not in self.keys.registered:
             # Self-signed registration (§6 step 6, second case).
-            public_key = _registered_key(event)
+            public_key = _valid_registration(event)
             if isinstance(public_key, str):
                 return Finding(self.chain, e.seq, "invalid key registration", "", public_key)
             if e.seq > 1 and self.later_self_signed is None:
@@ -306,7 +307,7 @@ class ChainAuditor:
                 state = "entry 1 must be a self-signed key registration"
             return Finding(self.chain, e.seq, "signing key not authorised here",
                            "a key active at this entry", f"{e.key_id} ({state})")  # fmt: skip
-        problem = _registered_key(event) if registers else b""
+        problem = _valid_registration(event) if registers else b""
         if isinstance(problem, str):
             return Finding(self.chain, e.seq, "invalid key registration", "", problem)
         return active
@@ -337,6 +338,22 @@ def _event_object(data: bytes) -> dict[str, object] | str:
     if not isinstance(value, dict):
         return "not a JSON object"
     return value
+
+
+def _valid_registration(event: dict[str, object]) -> bytes | str:
+    """Step 7: the public key of a registration, or why it is invalid, proof included.
+
+    A `proof` member, when present, must prove possession (§5.4). A registration
+    without one is accepted: the ledger admitted such registrations before it
+    required proofs, and a verifier cannot tell from the bytes when an entry was
+    admitted."""
+    public_key = _registered_key(event)
+    if isinstance(public_key, str) or "proof" not in event:
+        return public_key
+    problem = key_proof_problem(
+        event.get("org"), event.get("key_id"), event.get("id"), public_key, event["proof"]
+    )
+    return public_key if problem is None else problem
 
 
 def _registered_key(event: dict[str, object]) -> bytes | str:
