@@ -28,6 +28,7 @@ from service.domain.admission import (
     Refused,
     admit,
     check_new_key,
+    new_key_problem,
     subject_org,
 )
 from service.domain.chain import EntryFields, entry_hash, to_micros
@@ -171,11 +172,16 @@ async def append_operator_event(
     except EventDecodeError as e:
         raise AdmissionError(f"{e.reason}: {e.detail}") from e
     keys = await store.load_keys()
-    if isinstance(event, PublisherKeyRegistered) and event.key_id == key_id and key_id not in keys:
-        try:
-            keys[key_id] = PublisherKey(key_id, event.org, from_b64url(event.public_key))
-        except ValueError as e:
-            raise AdmissionError(f"schema_invalid: public_key: {e}") from e
+    if isinstance(event, PublisherKeyRegistered) and event.key_id == key_id:
+        known = keys.get(key_id)
+        if known is not None and known.org != event.org:
+            # Said as such, not as the key_org_mismatch that admission would find.
+            raise AdmissionError(f"key_already_registered: {new_key_problem(event, keys)}")
+        if known is None:
+            try:
+                keys[key_id] = PublisherKey(key_id, event.org, from_b64url(event.public_key))
+            except ValueError as e:
+                raise AdmissionError(f"schema_invalid: public_key: {e}") from e
     message = Incoming(
         subject=f"operator.ev.{event.org}._",
         data=data,

@@ -208,29 +208,33 @@ def admit(
 
 
 def check_new_key(verdict: Admitted, keys: Mapping[str, PublisherKey]) -> Admitted | Refused:
-    """Check 13 for an admitted registration: its key id must be new to the whole registry.
+    """Check 13 for an admitted registration: its key id must be new to the whole registry."""
+    event = verdict.event
+    if not isinstance(event, PublisherKeyRegistered):
+        return verdict
+    problem = new_key_problem(event, keys)
+    if problem is None:
+        return verdict
+    return Refused(verdict.message, "key_already_registered", problem)
+
+
+def new_key_problem(event: PublisherKeyRegistered, keys: Mapping[str, PublisherKey]) -> str | None:
+    """Why `event` may not register its key (already registered), or None.
 
     Key ids are unique across orgs (a key signs for one org only), so a second
     registration, by another org or by the same one, could only be chained to no
     effect: it is refused, with a proof or without. Another org's key is not
     named to the registering org (the quarantine is its to read)."""
-    event = verdict.event
-    if not isinstance(event, PublisherKeyRegistered):
-        return verdict
     known = keys.get(event.key_id)
     if known is None:
-        return verdict
+        return None
     if known.org != event.org:
         where = "by another org"
     else:
-        where = f"for {known.org!r}" + (
-            " and revoked (a revoked key stays revoked)" if known.revoked else ""
-        )
-    return Refused(
-        verdict.message,
-        "key_already_registered",
-        printable(f"key {event.key_id} is already registered {where}"),
-    )
+        where = f"for {known.org!r}"
+        if known.revoked:
+            where += " and revoked (a revoked key stays revoked)"
+    return printable(f"key {event.key_id} is already registered {where}")
 
 
 def _key_registration_problem(event: PublisherKeyRegistered) -> str | None:
