@@ -22,16 +22,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.domain.posture import (
+    COUNTED_RANKS,
     DAY_US,
     FULL_CONFIDENCE,
     HORIZON_US,
     HOUR_US,
     MIN_EVIDENCE,
     RECENT_SEVERE_US,
-    SEVERITY_WEIGHT,
-    SOURCE_WEIGHT,
     TRUSTED_MIN,
     WATCH_MIN,
+    WEIGHT,
     Item,
     ItemKind,
     Source,
@@ -57,20 +57,23 @@ def _item(
     severity: int = 0,
     source: Source = "self",
     kind: ItemKind = "action",
+    observer: str = "",
 ) -> Item:
+    """An item; a third-party one is in the chain of `observer` (default payhub)."""
+    chain = observer or ("acme" if source == "self" else "payhub")
     return Item(
         at_us=at,
         source=source,
         kind=kind,
         severity=severity,
         violations=("v",) if severity else (),
-        ref=("acme", 1),
+        ref=(chain, 1),
         event_id="e1",
     )
 
 
-def _goods(n: int, at: int = T, source: Source = "self") -> list[Item]:
-    return [_item(at, 0, source) for _ in range(n)]
+def _goods(n: int, at: int = T, source: Source = "self", observer: str = "") -> list[Item]:
+    return [_item(at, 0, source, observer=observer) for _ in range(n)]
 
 
 # --------------------------------------------------------------------------- constants
@@ -79,8 +82,8 @@ def _goods(n: int, at: int = T, source: Source = "self") -> list[Item]:
 def test_model_constants_fixed_when_imported() -> None:
     """The model's parameters have their documented values."""
     assert HORIZON_US == 30 * 24 * 3600 * 1_000_000 == 2_592_000_000_000
-    assert SOURCE_WEIGHT == {"self": 1, "third_party": 2}
-    assert SEVERITY_WEIGHT == {1: 1, 2: 4, 3: 10}
+    assert WEIGHT == {"self": (1, 1, 4, 10), "third_party": (2, 1, 2, 5)}
+    assert COUNTED_RANKS == (1, 3, 7, 15)
     assert (TRUSTED_MIN, WATCH_MIN, MIN_EVIDENCE, FULL_CONFIDENCE) == (900, 600, 3, 50)
     assert RECENT_SEVERE_US == DAY == 24 * 3600 * 1_000_000
 
@@ -115,9 +118,9 @@ def test_score_of_floors_per_mille_when_weights_given(
 
 def test_worked_example_when_twenty_fresh_good_and_one_fresh_severe() -> None:
     """20 fresh self-reported good actions and one fresh severity-3 violation score 666 (watch)."""
-    # Every item is at as_of (age 0), so each weighs (H - 0) * SOURCE_WEIGHT["self"] = H.
+    # Every item is at as_of (age 0), so each weighs (H - 0) * WEIGHT["self"][0] = H.
     #   good  = 20 * H                          = 51_840_000_000_000
-    #   bad   = 1 * H * SEVERITY_WEIGHT[3] = 10 H = 25_920_000_000_000
+    #   bad   = 1 * H * WEIGHT["self"][3] = 10 H = 25_920_000_000_000
     #   score = floor(1000 * 20H / 30H) = floor(666.67) = 666   -> watch (600 <= 666 < 900)
     #   mass  = 21 H (unweighted)  -> confidence = floor(1000 * 21H / 50H) = 420
     items = [*_goods(20), _item(T, 3)]
@@ -143,21 +146,22 @@ def test_worked_example_when_items_have_different_ages() -> None:
     assert (a.score, a.band, a.confidence) == (937, "trusted", 305)
 
 
-def test_worked_example_when_third_party_items_weigh_double() -> None:
-    """Items from another org's gateway weigh twice a self-report, good and bad alike."""
+def test_worked_example_when_third_party_items_counted_by_rank() -> None:
+    """Another org's good sighting weighs 2, its adverse one half a self-report; ranks 1, 3, 7, 15."""
     # H = 720 HOUR.
-    # 5 third-party good at age 0:     5 * H * 2             = 10 H   = 7200 HOUR
-    # 3 self good at age H/3 (10 d):   3 * (H - H/3) * 1     =  2 H   = 1440 HOUR
-    # 1 third-party severity-1, 1 h old: (H - HOUR) * 2 * 1  = 1438 HOUR
-    #   good  = 8640 HOUR, bad = 1438 HOUR
-    #   score = floor(1000 * 8640 / 10078) = floor(857.31) = 857 -> watch
-    #   mass  = 5 H + 2 H + (H - HOUR) = 5759 HOUR
-    #   confidence = floor(1000 * 5759 / (50 * 720)) = floor(159.97) = 159
-    items = [*_goods(5, source="third_party"), *_goods(3, at=T - H // 3)]
-    items.append(_item(T - HOUR, 1, "third_party"))
+    # 5 good by payhub at age 0: ranks 1-5, ranks 1 and 3 count:  2 * H * 2   = 4 H = 2880 HOUR
+    # 2 good by globex at age 0: rank 1 counts:                   1 * H * 2   = 2 H = 1440 HOUR
+    # 3 self good at age H/3 (10 d):                              3 * (2H/3)  = 2 H = 1440 HOUR
+    # 1 severity-1 by payhub, 1 h old (its own group, rank 1):  (H - HOUR) * 1   =  719 HOUR
+    #   good  = 5760 HOUR, bad = 719 HOUR
+    #   score = floor(1000 * 5760 / 6479) = floor(889.02) = 889 -> watch
+    #   mass  = 3 H (counted sightings) + 2 H + (H - HOUR) = 4319 HOUR
+    #   confidence = floor(1000 * 4319 / (50 * 720)) = floor(119.97) = 119
+    items = [*_goods(5, source="third_party"), *_goods(2, source="third_party", observer="globex")]
+    items += [*_goods(3, at=T - H // 3), _item(T - HOUR, 1, "third_party")]
     a = assess(items, Status(), T)
-    assert (a.good, a.bad, a.mass) == (8640 * HOUR, 1438 * HOUR, 5759 * HOUR)
-    assert (a.score, a.band, a.confidence) == (857, "watch", 159)
+    assert (a.good, a.bad, a.mass) == (5760 * HOUR, 719 * HOUR, 4319 * HOUR)
+    assert (a.score, a.band, a.confidence) == (889, "watch", 119)
 
 
 def test_worked_example_when_severe_violation_caps_a_high_score() -> None:
@@ -174,11 +178,118 @@ def test_worked_example_when_severe_violation_caps_a_high_score() -> None:
 
 
 def test_worked_example_when_third_party_sees_a_severe_violation() -> None:
-    """One fresh severity-3 seen by a third party cancels 20 fresh self-reported good actions."""
-    # good = 20 * H = 20 H, bad = H * 2 * 10 = 20 H -> score = floor(1000 * 20/40) = 500
+    """One fresh severity-3 seen by a third party weighs five fresh good self-reports."""
+    # good = 20 * H, bad = H * 5 = 5 H -> score = floor(1000 * 20/25) = 800 -> watch
+    # (v1 weighed it 2 * 10 = 20 H: score 500, untrusted)
     items = [*_goods(20), _item(T, 3, "third_party", "contradicted")]
     a = assess(items, Status(), T)
-    assert (a.good, a.bad, a.score, a.band) == (20 * H, 20 * H, 500, "untrusted")
+    assert (a.good, a.bad, a.score, a.band) == (20 * H, 5 * H, 800, "watch")
+
+
+# --------------------------------------------------------------------------- one org cannot game
+
+# 20 good self-reports an hour old: each weighs H - HOUR = 719 HOUR, good = 14_380 HOUR.
+# Trusted (nothing adverse, mass 20 (H - HOUR) >= 3 H).
+WELL_EVIDENCED = _goods(20, at=T - HOUR)
+
+
+def _sighting(observer: str, severity: int, finding: ItemKind, finding_severity: int) -> list[Item]:
+    """One gateway observation by `observer` an hour ago and its finding at T (the deadline)."""
+    action = _item(T - HOUR, severity, "third_party", observer=observer)
+    return [action, _item(T, finding_severity, "third_party", finding, observer=observer)]
+
+
+ONE_SIGHTING = [
+    # A forbidden action, unreported. The action (3, third party): 5 (H - HOUR) = 3_595 HOUR;
+    # the finding (2, third party, fresh): 2 H = 1_440 HOUR. bad = 5_035 HOUR.
+    # score = floor(1000 * 14_380 / 19_415) = 740 -> watch (a fresh severity 3 caps anyway).
+    # (v1: bad = 20 * 719 + 8 * 720 = 20_140 HOUR -> score 416, untrusted.)
+    pytest.param(_sighting("payhub", 3, "unreported", 2), 740, "watch", id="forbidden_unreported"),
+    # An allowed action contradicted by the agent's report: good += 2 * 719 = 1_438 HOUR,
+    # bad = 5 * 720 = 3_600 HOUR; score = floor(1000 * 15_818 / 19_418) = 814 -> watch.
+    # (v1: bad = 20 * 720 = 14_400 HOUR -> score 523, untrusted.)
+    pytest.param(_sighting("payhub", 0, "contradicted", 3), 814, "watch", id="contradicted"),
+    # An allowed action, unreported: good 15_818 HOUR, bad 2 * 720 = 1_440 HOUR -> 916, trusted.
+    pytest.param(_sighting("payhub", 0, "unreported", 2), 916, "trusted", id="unreported"),
+]
+
+
+@pytest.mark.parametrize(("sighting", "score", "band"), ONE_SIGHTING)
+def test_one_adverse_observation_does_not_make_untrusted_when_agent_well_evidenced(
+    sighting: list[Item], score: int, band: str
+) -> None:
+    """One other org's single adverse sighting cannot take 20 good self-reports to untrusted."""
+    assert assess(WELL_EVIDENCED, Status(), T).band == "trusted"
+    a = assess([*WELL_EVIDENCED, *sighting], Status(), T)
+    assert (a.score, a.band) == (score, band)
+
+
+@pytest.mark.parametrize(
+    ("observers", "score", "band"),
+    [
+        # Two orgs: bad = 2 * 5_035 = 10_070 HOUR; floor(1000 * 14_380 / 24_450) = 588.
+        pytest.param(("payhub", "globex"), 588, "untrusted", id="two_orgs"),
+        # One org twice: of its two severity-3 actions (and of its two findings) only the
+        # newest counts (ranks 1, 3, 7, 15): bad = 5_035 HOUR as for one sighting -> 740.
+        pytest.param(("payhub", "payhub"), 740, "watch", id="one_org_twice"),
+        # Three orgs: bad = 15_105 HOUR; floor(1000 * 14_380 / 29_485) = 487.
+        pytest.param(("payhub", "globex", "initech"), 487, "untrusted", id="three_orgs"),
+    ],
+)
+def test_independent_adverse_observations_add_up_when_orgs_differ(
+    observers: tuple[str, ...], score: int, band: str
+) -> None:
+    """Forbidden unreported sightings by two orgs make the agent untrusted; one org twice does not."""
+    sightings = [i for o in observers for i in _sighting(o, 3, "unreported", 2)]
+    a = assess([*WELL_EVIDENCED, *sightings], Status(), T)
+    assert (a.score, a.band) == (score, band)
+
+
+# An untrusted agent: 10 good self-reports a day old (10 * 696 HOUR = 6_960 HOUR) and two
+# severity-3 self-reported violations two days old (2 * 10 * 672 HOUR = 13_440 HOUR):
+# score = floor(1000 * 6_960 / 20_400) = 341.
+UNTRUSTED = [*_goods(10, at=T - DAY), _item(T - 2 * DAY, 3), _item(T - 2 * DAY, 3)]
+
+
+@pytest.mark.parametrize(
+    ("volume", "score"),
+    [
+        # One sighting: good += 2 * 719 = 1_438 HOUR -> floor(1000 * 8_398 / 21_838) = 384.
+        pytest.param(1, 384, id="one"),
+        # Ranks 1 and 3 count: good += 2_876 HOUR -> floor(1000 * 9_836 / 23_276) = 422.
+        pytest.param(3, 422, id="three"),
+        # Ranks 1, 3, 7 and 15 count, no more: good += 5_752 HOUR -> 12_712 / 26_152 = 486.
+        pytest.param(15, 486, id="fifteen"),
+        pytest.param(3000, 486, id="three_thousand"),
+    ],
+)
+def test_volume_from_one_gateway_cannot_whitewash_when_agent_untrusted(
+    volume: int, score: int
+) -> None:
+    """3,000 good sightings by one org count as four: an untrusted agent stays untrusted."""
+    assert assess(UNTRUSTED, Status(), T).score == 341
+    a = assess([*UNTRUSTED, *_goods(volume, at=T - HOUR, source="third_party")], Status(), T)
+    assert (a.score, a.band) == (score, "untrusted")
+
+
+def test_ranks_1_3_7_15_count_when_one_org_sights_at_sixteen_instants() -> None:
+    """Of 16 sightings by one org an hour apart, the newest, 3rd, 7th and 15th newest count."""
+    # Ages 0 h .. 15 h. Counted: ages 0, 2, 6 and 14 h, each 2 * (720 - age) HOUR:
+    #   good = 2 * (720 + 718 + 714 + 706) HOUR = 5_716 HOUR; mass = 2_858 HOUR.
+    items = [_item(T - n * HOUR, 0, "third_party") for n in range(16)]
+    a = assess(items, Status(), T)
+    assert (a.good, a.bad, a.mass) == (5_716 * HOUR, 0, 2_858 * HOUR)
+    # One hour later a 17th sighting is the newest: ages 0, 2, 6, 14 h again are counted.
+    later = assess([*items, _item(T + HOUR, 0, "third_party")], Status(), T + HOUR)
+    assert (later.good, later.mass) == (5_716 * HOUR, 2_858 * HOUR)
+
+
+def test_independent_observers_count_more_when_as_many_sightings() -> None:
+    """k sightings by k orgs weigh more than k sightings by one org (k >= 2)."""
+    for k in range(2, 20):
+        one = _goods(k, at=T - HOUR, source="third_party")
+        many = [_item(T - HOUR, 0, "third_party", observer=f"org{n}") for n in range(k)]
+        assert assess(many, Status(), T).good > assess(one, Status(), T).good
 
 
 # --------------------------------------------------------------------------- bands
@@ -504,15 +615,7 @@ def _oracle_band(items: list[Item], status: Status, t: int) -> str:
     ):
         return "revoked"
     counting = [i for i in items if 0 <= t - i.at_us < H]
-    good = bad = mass = 0
-    for i in counting:
-        left = H - (t - i.at_us)
-        weight = left * SOURCE_WEIGHT[i.source]
-        mass += left
-        if i.severity == 0:
-            good += weight
-        else:
-            bad += weight * SEVERITY_WEIGHT[i.severity]
+    good, bad, mass = _oracle_sums(counting, t)
     adverse = any(i.severity > 0 for i in counting)
     if not adverse and mass < MIN_EVIDENCE * H:
         return "unknown"
@@ -525,6 +628,35 @@ def _oracle_band(items: list[Item], status: Status, t: int) -> str:
     if score >= WATCH_MIN:
         return "watch"
     return "untrusted"
+
+
+def _oracle_sums(counting: list[Item], t: int) -> tuple[int, int, int]:
+    """good, bad and mass at t of the items counting at t, straight from the module docstring."""
+    # A third-party item's rank among its observer's items of its severity, heaviest first;
+    # rank r counts when r + 1 is a power of two, up to 15: n items count floor(log2(n + 1)).
+    ranked: dict[tuple[str, int], list[int]] = {}
+    for i in counting:
+        if i.source == "third_party":
+            ranked.setdefault((i.ref[0], i.severity), []).append(H - (t - i.at_us))
+    good = bad = mass = 0
+    lefts: list[tuple[int, int, Source]] = [
+        (H - (t - i.at_us), i.severity, "self") for i in counting if i.source == "self"
+    ]
+    for (_, severity), group in ranked.items():
+        group.sort(reverse=True)
+        lefts += [
+            (left, severity, "third_party")
+            for r, left in enumerate(group, start=1)
+            if r <= 15 and r & (r + 1) == 0
+        ]
+    per_us = {"self": [1, 1, 4, 10], "third_party": [2, 1, 2, 5]}
+    for left, severity, source in lefts:
+        mass += left
+        if severity == 0:
+            good += left * per_us[source][0]
+        else:
+            bad += left * per_us[source][severity]
+    return good, bad, mass
 
 
 def _oracle_in_force(status: Status, t: int) -> str:
@@ -605,7 +737,22 @@ def _items(draw: st.DrawFn) -> Item:
     if severity:
         kind = draw(st.sampled_from(["action", "action", "unreported", "contradicted"]))
     source: Source = draw(st.sampled_from(["self", "self", "third_party"]))
-    return _item(T + draw(_offset()), severity, source, kind)
+    observer = draw(st.sampled_from(["payhub", "globex"]))
+    return _item(T + draw(_offset()), severity, source, kind, observer)
+
+
+@st.composite
+def _loud_items(draw: st.DrawFn) -> Item:
+    """A sighting by payhub, often of the same instant and severity as others (ties)."""
+    severity = draw(st.sampled_from([0, 0, 0, 0, 2, 3]))
+    at = T + draw(st.one_of(st.sampled_from([0, -HOUR, -DAY, -H // 2, DAY]), _offset()))
+    return _item(at, severity, "third_party", "unreported" if severity else "action", "payhub")
+
+
+@st.composite
+def _item_lists(draw: st.DrawFn) -> list[Item]:
+    """Up to 10 items of any source, and up to 40 by one loud observer (ranks up to 15 and past)."""
+    return draw(st.lists(_items(), max_size=10)) + draw(st.lists(_loud_items(), max_size=40))
 
 
 @st.composite
@@ -621,7 +768,7 @@ def _statuses(draw: st.DrawFn) -> Status:
     return Status(retired, tuple(spans))
 
 
-item_lists = st.lists(_items(), max_size=10)
+item_lists = _item_lists()
 many_goods = st.integers(0, 25)
 """Extra fresh-ish good items, so that high scores and cap effects are common."""
 
@@ -635,9 +782,11 @@ def _with_goods(items: list[Item], n: int, offset: int) -> list[Item]:
 def test_assess_band_matches_oracle_when_items_random(
     items: list[Item], goods: int, offset: int, status: Status, at: int
 ) -> None:
-    """assess's band and in-force set equal the docstring's rules evaluated directly."""
+    """assess's sums, band and in-force set equal the docstring's rules evaluated directly."""
     items = _with_goods(items, goods, offset)
     a = assess(items, status, T + at)
+    counting = [i for i in items if 0 <= at - (i.at_us - T) < H]
+    assert (a.good, a.bad, a.mass) == _oracle_sums(counting, T + at)
     assert (f"band {a.band}", f"in force: {', '.join(a.in_force) or '(none)'}") == _state(
         items, status, T + at
     )

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 RECENT_LIMIT = 20
 """Adverse items listed in a posture answer, newest first."""
 
-MODEL = "trustledger-posture/v1"
+MODEL = "trustledger-posture/v2"
 
 _report_encoder = msgspec.json.Encoder()
 

@@ -13,16 +13,26 @@ its violations (0 when within bounds), or an under-reporting finding. It counts
 from `at_us` on and fades linearly to nothing over `HORIZON_US`:
 
     age    = as_of - at                      (0 <= age < HORIZON; other items do not count)
-    weight = (HORIZON - age) * SOURCE_WEIGHT[source]
+    weight = (HORIZON - age) * WEIGHT[source][severity] * counted
     good   = sum of weight over items with severity 0
-    bad    = sum of weight * SEVERITY_WEIGHT[severity] over items with severity > 0
+    bad    = sum of weight over items with severity > 0
+    mass   = sum of (HORIZON - age) * counted
     score  = floor(1000 * good / (good + bad))              (None when good + bad = 0)
+
+`counted` is 1 for every ``self`` item (the agent's org: its self-reports and its
+own gateways, one source whose volume is its record). A ``third_party`` item
+belongs to its observer org (the chain of its `ref`) and severity: within that
+group, newest first, only the items at `COUNTED_RANKS` (the 1st, 3rd, 7th and
+15th) count, so n items of one org count as floor(log2(n + 1)) items, at most
+four. Items of one group have the same weight per microsecond, so "newest
+first" is also "heaviest first" at every instant: the ranks, hence the sums,
+change only when an item enters or leaves, and stay linear in time in between.
 
 Band, first rule that applies:
 
 1. ``revoked``   the agent is retired, or it has commitments and every one is revoked
-2. ``unknown``   no adverse item counts and the evidence mass (sum of HORIZON - age,
-                 unweighted) is below ``MIN_EVIDENCE`` whole fresh items
+2. ``unknown``   no adverse item counts and the evidence mass is below
+                 ``MIN_EVIDENCE`` whole fresh items
 3. ``trusted``   score >= 900 and no severity-3 item is younger than ``RECENT_SEVERE_US``
 4. ``watch``     score >= 600
 5. ``untrusted`` otherwise
@@ -38,6 +48,7 @@ inequalities exactly in integers.
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
@@ -53,11 +64,18 @@ DAY_US: Final = 24 * HOUR_US
 HORIZON_US: Final = 30 * DAY_US
 """Evidence older than this counts no more; its weight falls linearly to 0 over it."""
 
-SOURCE_WEIGHT: Final[dict[Source, int]] = {"self": 1, "third_party": 2}
-"""An action seen by another org's gateway weighs twice a self-report."""
+WEIGHT: Final[dict[Source, tuple[int, int, int, int]]] = {
+    "self": (1, 1, 4, 10),
+    "third_party": (2, 1, 2, 5),
+}
+"""Weight per microsecond of remaining life, by source and severity (0 within bounds, 1-3).
+A self-reported violation of severity 3 cancels ten good self-reports. Another org's
+gateway vouching for an action weighs two self-reports (it corroborates), its adverse
+item half the agent's own admission (rounded up): it is one org's word against the
+agent's, and independent orgs saying the same add up."""
 
-SEVERITY_WEIGHT: Final[dict[int, int]] = {1: 1, 2: 4, 3: 10}
-"""How many good actions of the same age and source one violation of each severity cancels."""
+COUNTED_RANKS: Final = (1, 3, 7, 15)
+"""Of one observer org's items of one severity, newest first, the ranks that count."""
 
 TRUSTED_MIN: Final = 900
 WATCH_MIN: Final = 600
@@ -90,7 +108,7 @@ class Item:
     detail: str = ""
 
     def __post_init__(self) -> None:
-        if self.severity not in (0, *SEVERITY_WEIGHT):
+        if self.severity not in (0, 1, 2, 3):
             raise ValueError(f"severity must be 0-3, got {self.severity}")
 
 
@@ -157,20 +175,55 @@ class _Sums:
     """at_us -> count of severity-3 items (to know when the recent-severe cap ends)."""
     newest_severe: int | None = None
     """The greatest key of `severe`: the cap holds while it is younger than a day."""
+    groups: dict[tuple[str, int], deque[int]] = field(default_factory=dict)
+    """(observer org, severity) -> the `at_us` of its counting third-party items, newest first."""
 
     def add(self, item: Item, sign: int) -> None:
-        source_w = SOURCE_WEIGHT[item.source]
-        base = HORIZON_US + item.at_us
-        if item.severity == 0:
-            self.a_good += sign * base * source_w
-            self.s_good += sign * source_w
-        else:
-            w = source_w * SEVERITY_WEIGHT[item.severity]
-            self.a_bad += sign * base * w
-            self.s_bad += sign * w
+        """Count `item` (sign 1) or stop counting it (-1). A third-party item must be the
+        newest of its group when it enters and the oldest when it leaves, as in a sweep;
+        `_sums` adds the items of an instant oldest last."""
+        if item.severity:
             self.adverse += sign
             if item.severity == 3:
                 self._severe(item.at_us, sign)
+        if item.source == "self":
+            self._count(item.severity, WEIGHT["self"][item.severity], item.at_us, sign)
+            return
+        key = (item.ref[0], item.severity)
+        group = self.groups.setdefault(key, deque())
+        self._group(key, group, -1)
+        if sign > 0:
+            if not group or item.at_us >= group[0]:
+                group.appendleft(item.at_us)
+            elif item.at_us <= group[-1]:
+                group.append(item.at_us)
+            else:  # not in a sweep's order: keep the group sorted anyway
+                group.insert(next(n for n, at in enumerate(group) if at < item.at_us), item.at_us)
+        elif group and group[-1] == item.at_us:
+            group.pop()
+        else:
+            group.remove(item.at_us)
+        self._group(key, group, 1)
+        if not group:
+            del self.groups[key]
+
+    def _group(self, key: tuple[str, int], group: deque[int], sign: int) -> None:
+        """Add (1) or take away (-1) what a group's counted ranks contribute."""
+        weight = WEIGHT["third_party"][key[1]]
+        for rank in COUNTED_RANKS:
+            if rank > len(group):
+                break
+            self._count(key[1], weight, group[rank - 1], sign)
+
+    def _count(self, severity: int, weight: int, at_us: int, sign: int) -> None:
+        """One counted item: (HORIZON + at - t) * weight to good or bad, HORIZON + at - t to mass."""
+        base = HORIZON_US + at_us
+        if severity == 0:
+            self.a_good += sign * base * weight
+            self.s_good += sign * weight
+        else:
+            self.a_bad += sign * base * weight
+            self.s_bad += sign * weight
         self.a_mass += sign * base
         self.n += sign
 
@@ -262,7 +315,8 @@ def _counting(items: Iterable[Item], t: int) -> list[Item]:
 
 def _sums(items: Iterable[Item]) -> _Sums:
     sums = _Sums()
-    for item in items:
+    # Newest first, so that each third-party item joins the end of its group.
+    for item in sorted(items, key=lambda i: i.at_us, reverse=True):
         sums.add(item, 1)
     return sums
 
