@@ -255,8 +255,97 @@ async def test_third_party_posture_counts_only_other_orgs_gateways_when_asked(
     assert third["evidence"] == "third_party"
     assert [w["self"]["actions"] for w in third["windows"].values()] == [0, 0, 0, 0]
     assert third["windows"]["30d"]["third_party"]["actions"] == len(sightings)
-    # Four within-bounds sightings (weight 2 each) against four unreported findings (2 * 4).
+    # Of four within-bounds sightings (weight 2 each) and of their four unreported findings
+    # (2 each, one org's claim), ranks 1 and 3 count: about as much bad as good.
     assert third["band"] == "untrusted"
+
+
+def _sighting(
+    observer: str, t: datetime, action: str = "payments.refund", correlation_id: str | None = None
+) -> ActionObserved:
+    """`observer`'s gateway saw the agent do `action` at `t`."""
+    return ActionObserved(
+        id=new_id("obs"),
+        org=observer,
+        occurred_at=t,
+        agent_org=ORG,
+        agent=AGENT,
+        gateway=f"{observer}-edge",
+        action=action,
+        resource="acct:main/order-1",
+        amount=Money(500, "USD"),
+        correlation_id=correlation_id,
+    )
+
+
+async def test_one_orgs_adverse_sighting_cannot_make_untrusted_when_agent_well_evidenced(
+    service: RunningService, org_key: OrgKeyFactory, publisher: PublisherFactory
+) -> None:
+    """20 good self-reports survive one org's forbidden, unreported sighting; two orgs' do not."""
+    agent_pub = await publisher(await org_key(ORG))
+    start = datetime.now(UTC) - timedelta(hours=1)
+    events: list[Event] = [
+        _declared(start),
+        *[_refund(start + timedelta(minutes=1 + n), 200) for n in range(20)],
+    ]
+    for event in events:
+        await agent_pub.publish(event)
+    await wait_for_chain(service.store, ORG, 1 + len(events))
+    assert (await _posture(service.http))["band"] == "trusted"
+
+    async def sighted(observer: str, corr: str) -> dict[str, Any]:
+        """`observer` sees a forbidden charge; the posture once its finding is settled."""
+        pub = await publisher(await org_key(observer))
+        await pub.publish(
+            _sighting(observer, start + timedelta(minutes=30), "payments.charge", corr)
+        )
+        await wait_for_chain(service.store, observer, 2)
+        (received,) = [e.received_at for e in await chain_entries(service.store, observer)][1:]
+        return await _posture(service.http, at=(received + timedelta(minutes=6)).isoformat())
+
+    # v1 gave this sighting 2 * 10 (the charge) + 2 * 4 (unreported) = 28 fresh self-reports
+    # of weight against 20: untrusted. v2: 5 + 2 = 7 (docs/posture-model.md §6).
+    body = await sighted(GATEWAY_ORG, "charge-1")
+    assert (body["band"], body["observed_by"]) == ("watch", {GATEWAY_ORG: 1})
+    assert 600 <= body["score"] < 900
+    assert sorted(v["kind"] for v in body["recent_violations"]) == ["action", "unreported"]
+    # A second, independent org reporting the same kind of thing is enough.
+    body = await sighted("globex", "charge-2")
+    assert (body["band"], body["observed_by"]) == ("untrusted", {GATEWAY_ORG: 1, "globex": 1})
+
+
+async def test_one_gateways_volume_cannot_whitewash_when_agent_untrusted(
+    service: RunningService, org_key: OrgKeyFactory, publisher: PublisherFactory
+) -> None:
+    """3,000 good sightings by one org weigh what 15 do: an untrusted agent stays untrusted."""
+    agent_pub = await publisher(await org_key(ORG))
+    start = datetime.now(UTC) - timedelta(days=3)
+    events: list[Event] = [
+        _declared(start),
+        *[_refund(start + timedelta(days=1, minutes=n), 300, "payments.charge") for n in range(2)],
+        *[_refund(start + timedelta(days=2, minutes=n), 200) for n in range(10)],
+    ]
+    for event in events:
+        await agent_pub.publish(event)
+    await wait_for_chain(service.store, ORG, 1 + len(events))
+    before = await _posture(service.http)
+    assert before["band"] == "untrusted"
+
+    gateway_pub = await publisher(await org_key(GATEWAY_ORG))
+    seen_at = datetime.now(UTC) - timedelta(hours=1)
+    volume = 3000
+    for _ in range(volume):
+        await gateway_pub.publish(_sighting(GATEWAY_ORG, seen_at))
+    await wait_for_chain(service.store, GATEWAY_ORG, 1 + volume, timeout_s=60)
+    as_of = datetime.now(UTC)
+    body = await _posture(service.http, at=as_of.isoformat())
+    assert body["observed_by"] == {GATEWAY_ORG: volume}
+    assert body["band"] == "untrusted"  # v1: trusted (6,000 fresh self-reports of weight)
+    # Of one instant and one org, ranks 1, 3, 7 and 15 count, each weighing 2 per us left.
+    horizon_us = 30 * 24 * 3600 * 10**6
+    left_us = horizon_us - (as_of - seen_at) // timedelta(microseconds=1)
+    third = await _posture(service.http, at=as_of.isoformat(), evidence="third_party")
+    assert (third["good"], third["bad"], third["mass"]) == (4 * 2 * left_us, 0, 4 * left_us)
 
 
 @pytest.fixture
