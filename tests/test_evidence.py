@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -22,7 +23,7 @@ from service.domain.evidence import (
     status_of,
     verdict_item,
 )
-from service.domain.posture import HORIZON_US, Item, Span
+from service.domain.posture import HORIZON_US, Item, Span, Status, assess
 from service.domain.projection import (
     AgentRecord,
     CommitmentRecord,
@@ -340,6 +341,31 @@ def test_items_only_other_orgs_gateways_when_third_party_only() -> None:
         ("unreported", ("globex", 5)),
     ]
     assert {i.source for i in items} == {"third_party"}
+
+
+@pytest.mark.parametrize(
+    ("observers", "counted"),
+    [
+        # Three gateways of payhub are one observer: ranks 1 and 3 count.
+        pytest.param(("payhub", "payhub", "payhub"), 2, id="one_org_three_gateways"),
+        pytest.param(("payhub", "globex", "initech"), 3, id="three_orgs"),
+        # The agent's own org's gateways are the self source: each counts, weight 1.
+        pytest.param((ORG, ORG, ORG), 0, id="own_org"),
+    ],
+)
+def test_sightings_ranked_per_observer_org_when_gateways_differ(
+    observers: tuple[str, ...], counted: int
+) -> None:
+    """Renaming gateways does not escape the ranks: an org's sightings are ranked together."""
+    sightings = [
+        replace(_seen(observer=o, correlation_id=None, seq=n), gateway=f"gw-{n}")
+        for n, o in enumerate(observers)
+    ]
+    items = Evidence(_agent(), [COMMITTED], [], sightings, []).items()
+    as_of = to_micros(SEEN_AT)
+    a = assess(items, Status(), as_of)
+    # Fresh: a counted third-party sighting weighs 2 * H, an own-org one H.
+    assert a.good == (2 * counted or len(observers)) * HORIZON_US
 
 
 # --------------------------------------------------------------------------- gateway judgement
