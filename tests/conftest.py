@@ -19,6 +19,8 @@ import contextlib
 import itertools
 import os
 import secrets
+import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -243,27 +245,34 @@ class Servers:
 
 
 @pytest.fixture(scope="session")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+def servers() -> Iterator[Servers]:
     """Embedded PostgreSQL and NATS for the session, unless the env vars name servers.
 
     A sync fixture on purpose: it runs on the main thread, whose lifetime bounds the
-    servers' parent-death signal."""
+    servers' parent-death signal. Their folder is a temporary folder of their own,
+    not pytest's: pytest prunes old base folders when *another* session starts (and
+    resets their modes), which took a running session's PostgreSQL away."""
     started: list[EmbeddedPostgres | EmbeddedNats] = []
+    root = Path(tempfile.mkdtemp(prefix="trustledger-test-servers-"))
+    # The embedded PostgreSQL runs as an unprivileged user when we are root: it must
+    # be able to reach its folder.
+    root.chmod(0o755)
     try:
         db_url = os.environ.get(DATABASE_URL_ENV) or None
         nats_url = os.environ.get(NATS_URL_ENV) or None
         if db_url is None:
-            postgres = EmbeddedPostgres(tmp_path_factory.mktemp("servers") / "postgres")
+            postgres = EmbeddedPostgres(root / "postgres")
             started.append(postgres)
             db_url = postgres.start()
         if nats_url is None:
-            nats_server = EmbeddedNats(tmp_path_factory.mktemp("servers") / "nats")
+            nats_server = EmbeddedNats(root / "nats")
             started.append(nats_server)
             nats_url = nats_server.start()
         yield Servers(db_url, nats_url)
     finally:
         for server in reversed(started):
             server.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # ---- per test: database, settings, store ---------------------------------------------------
