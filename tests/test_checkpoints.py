@@ -67,6 +67,7 @@ from service.domain.events import (
     PublisherKeyRegistered,
     encode_event,
 )
+from service.domain.key_proof import registration
 from service.domain.signing import SigningKey, b64url, from_b64url
 from service.roles import Roles, load_ledger_signer, run_roles
 
@@ -387,8 +388,9 @@ class Step:
 
 
 def _reg(key: SigningKey, org: str = "acme", event_id: str | None = None) -> bytes:
-    event = key_registered(org, key)
-    return encode_event(msgspec.structs.replace(event, id=event_id or event.id))
+    if event_id is None:
+        return encode_event(key_registered(org, key))
+    return encode_event(registration(key, event_id, at(0), "test key", org=org))
 
 
 def _rev(key: SigningKey, org: str = "acme") -> bytes:
