@@ -209,6 +209,12 @@ ONE_SIGHTING = [
     # bad = 5 * 720 = 3_600 HOUR; score = floor(1000 * 15_818 / 19_418) = 814 -> watch.
     # (v1: bad = 20 * 720 = 14_400 HOUR -> score 523, untrusted.)
     pytest.param(_sighting("payhub", 0, "contradicted", 3), 814, "watch", id="contradicted"),
+    # A forbidden action and a contradicting report: both severity 3, one group of payhub's,
+    # so only the newer (the finding) counts: bad = 5 * 720 = 3_600 HOUR -> 799, watch.
+    # (v1: bad = 20 * 719 + 20 * 720 = 28_780 HOUR -> score 333, untrusted.)
+    pytest.param(
+        _sighting("payhub", 3, "contradicted", 3), 799, "watch", id="forbidden_contradicted"
+    ),
     # An allowed action, unreported: good 15_818 HOUR, bad 2 * 720 = 1_440 HOUR -> 916, trusted.
     pytest.param(_sighting("payhub", 0, "unreported", 2), 916, "trusted", id="unreported"),
 ]
