@@ -168,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     content = render()
     if args.check:
         if not OUT.exists() or OUT.read_bytes() != content:
-            print(f"{OUT} is stale; run python tests/vectors/generate_key_proof.py", file=sys.stderr)
+            print(
+                f"{OUT} is stale; run python tests/vectors/generate_key_proof.py", file=sys.stderr
+            )
             return 1
         return 0
     OUT.write_bytes(content)
