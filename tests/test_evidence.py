@@ -758,3 +758,168 @@ def test_coverage_permille_counts_corroborated_reports_when_assessed(
 ) -> None:
     """Coverage is floor(1000 * corroborated / counting self-reports), None when none count."""
     assert coverage_permille(reports, observations, _us(AS_OF)) == expected
+
+
+# --------------------------------------------------------------------------- docs/posture-model.md §7
+
+DOC_START = datetime(2026, 1, 1, tzinfo=UTC)
+DOC_AS_OF = datetime(2026, 3, 31, 12, tzinfo=UTC)
+DOC_TERMS = _terms(valid_from=DOC_START, spend=SpendCeiling(currency="EUR", per_action_minor=5000))
+DOC_COMMITTED = _record((DOC_TERMS, DOC_START, DOC_START), cid="refunds")
+"""`refunds`: payments.refund on order:*, EUR per_action_minor 5000, from 2026-01-01."""
+WEIGHT_MIN = 60_000_000
+"""One weight-minute in weight-µs: the docs' unit."""
+
+
+def _on(instant: str) -> datetime:
+    return datetime.fromisoformat(instant).replace(tzinfo=UTC)
+
+
+def _refunds(instant: str, n: int, severity: int = 0) -> list[VerdictRow]:
+    return [_report(occurred_at=_on(instant), correlation_id=None, severity=severity)] * n
+
+
+def _payout(observer: str, instant: str, correlation_id: str) -> ObservationRow:
+    """`observer` sees a forbidden payout (severity 3), received when it occurred."""
+    seen = _seen(observer, correlation_id, "order:9", None, _on(instant), _on(instant))
+    return replace(seen, action="payments.payout")
+
+
+EXAMPLE_A = [
+    *_refunds("2026-03-16T12:00", 10),
+    *_refunds("2026-03-26T12:00", 10),
+    *_refunds("2026-03-29T12:00", 1, severity=2),  # the USD refund: currency_mismatch
+    *_refunds("2026-03-30T12:00", 10),
+]
+PAY_9001 = _seen(
+    "payhub", "pay-9001", "order:777", _eur(1800), _on("2026-03-28T11:55"), _on("2026-03-28T11:54")
+)
+C_TWENTY = _refunds("2026-03-31T11:00", 20)
+C_UNTRUSTED = [*_refunds("2026-03-30T12:00", 10), *_refunds("2026-03-29T12:00", 2, severity=3)]
+
+
+def _reported(resource: str) -> VerdictRow:
+    """acme's report of pay-9001, received at 11:56 (in time)."""
+    return _report(
+        _on("2026-03-28T11:56"), "pay-9001", resource=resource, amount=_eur(1800),
+        occurred_at=_on("2026-03-28T11:54"),
+    )  # fmt: skip
+
+
+def _pay_1_as(resource: str) -> VerdictRow:
+    return _report(
+        _on("2026-03-31T11:01"), "pay-1", resource=resource, occurred_at=_on("2026-03-31T11:00")
+    )
+
+
+def _good_sightings(observers: list[str]) -> list[ObservationRow]:
+    at = _on("2026-03-31T11:00")
+    return [_seen(o, None, "order:5", None, at, at, seq=n) for n, o in enumerate(observers)]
+
+
+DOC_EXAMPLES = [
+    # §7.1 (a) and §7.2 (b)
+    pytest.param(EXAMPLE_A, [], [], False, (993_600, 161_280, 860, "watch"), id="a"),
+    pytest.param(EXAMPLE_A, [PAY_9001], [], False, (1_071_348, 239_040, 817, "watch"), id="b"),
+    pytest.param(
+        EXAMPLE_A, [PAY_9001], [], True, (77_748, 77_760, 499, "untrusted"), id="b_third_party"
+    ),
+    pytest.param(
+        [*EXAMPLE_A, _reported("order:777")], [PAY_9001], [_reported("order:777")], False,
+        (1_110_222, 161_280, 873, "watch"), id="b_agreeing",
+    ),
+    pytest.param(
+        [*EXAMPLE_A, _reported("order:778")], [PAY_9001], [_reported("order:778")], False,
+        (1_110_222, 355_680, 757, "watch"), id="b_disagreeing",
+    ),
+    # §7.3 (c): a well-evidenced agent and forbidden, unreported payouts
+    pytest.param(C_TWENTY, [], [], False, (862_800, 0, 1000, "trusted"), id="c_none"),
+    pytest.param(
+        C_TWENTY, [_payout("payhub", "2026-03-31T11:00", "pay-1")], [], False,
+        (862_800, 301_990, 740, "watch"), id="c_payhub",
+    ),
+    pytest.param(
+        C_TWENTY,
+        [_payout("payhub", "2026-03-31T11:00", "pay-1"),
+         _payout("globex", "2026-03-31T11:10", "glx-1")], [], False,
+        (862_800, 604_050, 588, "untrusted"), id="c_payhub_globex",
+    ),
+    pytest.param(
+        C_TWENTY,
+        [_payout("payhub", "2026-03-31T11:00", "pay-1"),
+         _payout("payhub", "2026-03-31T11:10", "pay-2")], [], False,
+        (862_800, 302_060, 740, "watch"), id="c_payhub_twice",
+    ),
+    pytest.param(
+        C_TWENTY,
+        [_payout("payhub", "2026-03-31T11:00", "pay-1"),
+         _payout("globex", "2026-03-31T11:10", "glx-1"),
+         _payout("initech", "2026-03-31T11:20", "ini-1")], [], False,
+        (862_800, 906_180, 487, "untrusted"), id="c_three_orgs",
+    ),
+    pytest.param(
+        [*C_TWENTY, _pay_1_as("order:10")], [_payout("payhub", "2026-03-31T11:00", "pay-1")],
+        [_pay_1_as("order:10")], False, (905_940, 215_725, 807, "watch"), id="c_contradicted",
+    ),
+    # §7.3 (c): an untrusted agent and a loud gateway
+    pytest.param(C_UNTRUSTED, [], [], False, (417_600, 806_400, 341, "untrusted"), id="c_untrusted"),
+    *[
+        pytest.param(
+            C_UNTRUSTED, _good_sightings(["payhub"] * n), [], False,
+            (good, 806_400, score, "untrusted"), id=f"c_payhub_{n}_good",
+        )
+        for n, good, score in [
+            (1, 503_880, 384), (3, 590_160, 422), (7, 676_440, 456),
+            (15, 762_720, 486), (3000, 762_720, 486),
+        ]
+    ],
+    pytest.param(
+        C_UNTRUSTED, _good_sightings([f"org{n}" for n in range(15)]), [], False,
+        (1_711_800, 806_400, 679, "watch"), id="c_fifteen_orgs_good",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("verdicts", "observations", "reports", "third_party_only", "expected"), DOC_EXAMPLES
+)
+def test_worked_examples_of_the_docs_when_recomputed_from_rows(
+    verdicts: list[VerdictRow],
+    observations: list[ObservationRow],
+    reports: list[VerdictRow],
+    third_party_only: bool,
+    expected: tuple[int, int, int, str],
+) -> None:
+    """docs/posture-model.md §7 (good and bad in weight-minutes, score, band) is what the code says."""
+    evidence = Evidence(_agent(), [DOC_COMMITTED], verdicts, observations, reports)
+    items = evidence.items(third_party_only)
+    a = assess(items, status_of(evidence.agent, evidence.commitments), to_micros(DOC_AS_OF))
+    assert (a.good % WEIGHT_MIN, a.bad % WEIGHT_MIN) == (0, 0)
+    assert (a.good // WEIGHT_MIN, a.bad // WEIGHT_MIN, a.score, a.band) == expected
+
+
+@pytest.mark.parametrize(
+    ("verdicts", "observations", "expected"),
+    [
+        pytest.param(
+            EXAMPLE_A, [], ("2026-04-28T02:46:09.230770", "band watch -> trusted"), id="a"
+        ),
+        pytest.param(
+            EXAMPLE_A, [PAY_9001], ("2026-04-28T02:46:09.230770", "band watch -> trusted"), id="b"
+        ),
+        pytest.param(
+            C_TWENTY,
+            [_payout("payhub", "2026-03-31T11:00", "pay-1")],
+            ("2026-04-30T10:58:25.263158", "band watch -> untrusted"),
+            id="c_payhub",
+        ),
+    ],
+)
+def test_next_change_of_the_docs_when_recomputed_from_rows(
+    verdicts: list[VerdictRow], observations: list[ObservationRow], expected: tuple[str, str]
+) -> None:
+    """The next changes docs/posture-model.md §8.1 and §7.3 name are what the code says."""
+    evidence = Evidence(_agent(), [DOC_COMMITTED], verdicts, observations, [])
+    a = assess(evidence.items(), status_of(evidence.agent, [DOC_COMMITTED]), to_micros(DOC_AS_OF))
+    assert a.next_change_at_us == to_micros(_on(expected[0]))
+    assert a.next_change == expected[1]
