@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import msgspec
 
@@ -40,6 +40,9 @@ from service.errors import (
     StorageError,
     TrustLedgerError,
 )
+
+if TYPE_CHECKING:
+    from service.adapters.nats_auth import NatsUsers
 
 log = logging.getLogger("trustledger")
 
@@ -189,9 +192,11 @@ def cmd_publish(args: argparse.Namespace) -> int:
     nats_url = settings.require_nats()
     key = load_key(Path(args.key))
     events = _read_events(args.files, key.org)
+    seed_file = Path(args.nats_seed) if args.nats_seed else settings.nats_seed_file
 
     async def go() -> None:
-        async with await Publisher.connect(nats_url, key, settings.subject_prefix) as publisher:
+        connecting = Publisher.connect(nats_url, key, settings.subject_prefix, seed_file)
+        async with await connecting as publisher:
             for event in events:
                 ack = await publisher.publish(event)
                 print(f"{event.id}: stream seq {ack.seq}{' (duplicate)' if ack.duplicate else ''}")
@@ -216,6 +221,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         else:
             keys[org], _ = register_new_key(settings, org, "demo")
             save_key(keys[org], path)
+    seeds = _demo_nats_seeds(settings, key_dir, (AGENT_ORG, GATEWAY_ORG))
     # The story spaces actions 1-20 s apart; start it early enough to end about now.
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=args.actions * 3 * 11)
     events = list(story(start, args.actions, seed=args.seed))
@@ -223,7 +229,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     async def go() -> None:
         publishers = {
-            org: await Publisher.connect(nats_url, key, settings.subject_prefix)
+            org: await Publisher.connect(nats_url, key, settings.subject_prefix, seeds[org])
             for org, key in keys.items()
         }
         try:
@@ -243,6 +249,44 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"  curl -s {auth} {args.api}/v1/agents/{AGENT_ORG}/ops-agent/timeline")
     print(f"  curl -s {auth} '{args.api}/v1/postures?band=untrusted'   # after the next tick")
     return EXIT_OK
+
+
+def _demo_nats_seeds(
+    settings: Settings, key_dir: Path, orgs: Sequence[str]
+) -> dict[str, Path | None]:
+    """Each demo org publishes as its own NATS user, as a real one would. On the machine
+    of a `trustledger up` the demo issues them itself (kept beside its keys); elsewhere
+    it publishes with the configured credentials (TRUSTLEDGER_NATS_SEED_FILE)."""
+    from service.adapters.access_store import AccessStore
+    from service.adapters.nats_auth import NatsUsers, read_seed_file, write_seed_file
+    from service.app.access import create_org
+    from service.app.nats_credentials import issue_org_credentials
+
+    users = NatsUsers(settings.nats_users_path)
+    if not users.exists():
+        return dict.fromkeys(orgs, settings.nats_seed_file)
+    active = {u.public_key for u in users.users() if u.active}
+    seeds: dict[str, Path | None] = {}
+    for org in orgs:
+        path = key_dir / f"{org}.nk"
+        if path.exists() and read_seed_file(path) in active:
+            seeds[org] = path
+            continue
+        path.unlink(missing_ok=True)
+
+        async def issue(store: Any, org: str = org) -> Any:
+            access = AccessStore.of(store)
+            now = datetime.now(UTC)
+            if await access.org(org) is None:
+                await create_org(access, org, "demo", now)
+            return await issue_org_credentials(
+                access, users, org, settings.subject_prefix, "demo", now
+            )
+
+        write_seed_file(path, _store_call(settings, issue).seed)
+        seeds[org] = path
+    users.reload_server()
+    return seeds
 
 
 def cmd_schemas(args: argparse.Namespace) -> int:
@@ -389,6 +433,106 @@ def cmd_orgs_list(args: argparse.Namespace) -> int:
     orgs = _store_call(_settings(args), lambda store: AccessStore.of(store).orgs())
     for org in orgs:
         print(f"{org.org}\t{org.created_at.isoformat()}\t{org.display_name}")
+    return EXIT_OK
+
+
+def _nats_users(settings: Settings) -> NatsUsers:
+    from service.adapters.nats_auth import NatsUsers
+
+    users = NatsUsers(settings.nats_users_path)
+    if not users.exists():
+        raise ConfigError(
+            f"no NATS users in {users.directory}: run `trustledger up` on this data folder "
+            "(its NATS makes them), or, for an external NATS, `trustledger nats-init` with "
+            "TRUSTLEDGER_NATS_USERS_DIR set (docs/operations.md §9)"
+        )
+    return users
+
+
+def _reload_hint(users: NatsUsers, reloaded: bool) -> str:
+    if reloaded:
+        return "the embedded NATS reloaded its users: it applies now"
+    return (
+        f"no NATS server of {users.directory} runs here: it applies at the server's next start, "
+        "or reload an external server now (nats-server --signal reload, "
+        "docker compose kill -s HUP nats)"
+    )
+
+
+def cmd_orgs_nats_creds(args: argparse.Namespace) -> int:
+    from service.adapters.access_store import AccessStore
+    from service.adapters.nats_auth import write_seed_file
+    from service.app.nats_credentials import issue_org_credentials
+    from service.domain.bus_access import org_inbox_prefix
+
+    settings = _settings(args)
+    users = _nats_users(settings)
+    out = None if args.out == "-" else Path(args.out or f"{args.org}.nk")
+    if out is not None and out.exists():
+        raise ConfigError(f"{out} exists; refusing to overwrite a credentials file")
+    now = datetime.now(UTC)
+    issued = _store_call(
+        settings,
+        lambda store: issue_org_credentials(
+            AccessStore.of(store), users, args.org, settings.subject_prefix, args.label, now
+        ),
+    )
+    user = issued.user
+    if out is not None:
+        try:
+            write_seed_file(out, issued.seed)
+        except BaseException:
+            users.revoke(user.public_key, now)  # no user without its only copy of the seed
+            raise
+    reloaded = users.reload_server()
+    where = "below (stdout)" if out is None else f"in {out} (mode 0600)"
+    print(
+        f"NATS user {user.public_key} for org {args.org}: may publish on "
+        f"{', '.join(user.publish)} only, with inbox prefix "
+        f"{org_inbox_prefix(settings.subject_prefix, args.org)}. Its seed is shown once, "
+        f"{where}; only the public key is kept. {_reload_hint(users, reloaded)}.",
+        file=sys.stderr,
+    )
+    if out is None:
+        # Alone on stdout, so that SEED=$(trustledger orgs nats-creds acme -o -) works.
+        print(issued.seed)
+    return EXIT_OK
+
+
+def cmd_orgs_nats_users(args: argparse.Namespace) -> int:
+    users = _nats_users(_settings(args))
+    for user in users.users():
+        if args.org is not None and user.org != args.org:
+            continue
+        state = "active" if user.revoked_at is None else f"revoked {user.revoked_at.isoformat()}"
+        print(
+            f"{user.public_key}\t{user.org or '(service)'}\t{user.created_at.isoformat()}\t"
+            f"{state}\t{','.join(user.publish)}\t{user.label}"
+        )
+    return EXIT_OK
+
+
+def cmd_orgs_nats_revoke(args: argparse.Namespace) -> int:
+    users = _nats_users(_settings(args))
+    revoked = users.revoke(args.public_key, datetime.now(UTC))
+    reloaded = users.reload_server()
+    print(
+        f"revoked NATS user {revoked.public_key} of org {revoked.org}; "
+        f"{_reload_hint(users, reloaded)}"
+    )
+    return EXIT_OK
+
+
+def cmd_nats_init(args: argparse.Namespace) -> int:
+    from service.adapters.nats_auth import NatsUsers
+
+    users = NatsUsers(_settings(args, discover=False).nats_users_path)
+    made = users.ensure_service_user()
+    print(
+        f"{'created' if made else 'kept'} the service's NATS user (seed in "
+        f"{users.service_seed_path}, mode 0600: TRUSTLEDGER_NATS_SEED_FILE for every role); "
+        f"nats-server reads the users from {users.config_path}"
+    )
     return EXIT_OK
 
 
@@ -614,6 +758,34 @@ def _parser() -> argparse.ArgumentParser:
     org_create.add_argument("--name", default="", help="display name")
     org_create.set_defaults(fn=cmd_orgs_create)
     with_data_dir(orgs.add_parser("list", help="every org")).set_defaults(fn=cmd_orgs_list)
+    nats_creds = with_data_dir(
+        orgs.add_parser(
+            "nats-creds",
+            help="issue an org's NATS credentials: publish on its own subjects only",
+            description=(
+                "Make a NATS user (an nkey) for the org, allowed to publish only on "
+                "<prefix>.ev.<org>.> and to read only its inbox _INBOX.<prefix>.<org>; write "
+                "its seed once (mode 0600; only the public key is kept) and make the embedded "
+                "NATS of this data folder reload its users. docs/operations.md §9."
+            ),
+        )
+    )
+    nats_creds.add_argument("org", help="a known org (trustledger orgs create)")
+    nats_creds.add_argument(
+        "-o", "--out", help="the seed file to write (default ORG.nk; - prints it on stdout)"
+    )
+    nats_creds.add_argument("--label", default="", help="a note shown by `orgs nats-users`")
+    nats_creds.set_defaults(fn=cmd_orgs_nats_creds)
+    nats_users = with_data_dir(
+        orgs.add_parser("nats-users", help="the NATS users (public keys, never seeds)")
+    )
+    nats_users.add_argument("--org", help="only this org's users")
+    nats_users.set_defaults(fn=cmd_orgs_nats_users)
+    nats_revoke = with_data_dir(
+        orgs.add_parser("nats-revoke", help="revoke an org's NATS user (the server drops it)")
+    )
+    nats_revoke.add_argument("public_key", help="the U... key `orgs nats-users` shows")
+    nats_revoke.set_defaults(fn=cmd_orgs_nats_revoke)
 
     apikeys = sub.add_parser(
         "apikeys", help="API keys for the HTTP API (docs/api.md)"
@@ -647,6 +819,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     publish.add_argument("--key", required=True, help="key file from `trustledger keys create`")
     publish.add_argument(
+        "--nats-seed",
+        metavar="FILE",
+        help="the org's NATS seed file from `trustledger orgs nats-creds` (default: "
+        "TRUSTLEDGER_NATS_SEED_FILE, or the service's own on the machine of a `trustledger up`)",
+    )
+    publish.add_argument(
         "files", nargs="*", help="JSON files (default: stdin); id/org/occurred_at default"
     )
     publish.set_defaults(fn=cmd_publish)
@@ -660,6 +838,18 @@ def _parser() -> argparse.ArgumentParser:
         "--api", default="http://127.0.0.1:8000", help="where the API answers, for the hints"
     )
     demo.set_defaults(fn=cmd_demo)
+
+    with_data_dir(
+        sub.add_parser(
+            "nats-init",
+            help="make the service's NATS user and the users file for an external NATS",
+            description=(
+                "For an external NATS (`trustledger up` does this for its embedded one): make "
+                "the service's NATS user unless there is one, and write the users file the "
+                "server reads, in TRUSTLEDGER_NATS_USERS_DIR. docs/operations.md §9."
+            ),
+        )
+    ).set_defaults(fn=cmd_nats_init)
 
     schemas = sub.add_parser("schemas", help="the JSON Schema files of the wire contract")
     schemas.add_argument("action", choices=["write", "check"])

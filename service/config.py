@@ -17,6 +17,8 @@ and passes it down.
 | TRUSTLEDGER_INGEST_STALL_S        | 30                              |
 | TRUSTLEDGER_DUPLICATE_WINDOW_S    | 120                             |
 | TRUSTLEDGER_NATS_SYNC_ALWAYS      | 0 (embedded NATS: 1 = fsync before every ack) |
+| TRUSTLEDGER_NATS_SEED_FILE        | none: the service's NATS nkey seed (external NATS) |
+| TRUSTLEDGER_NATS_USERS_DIR        | <data dir>/nats/auth (NATS users, for `orgs nats-creds`) |
 | TRUSTLEDGER_LEDGER_NAME           | trustledger.local               |
 | TRUSTLEDGER_LEDGER_KEY_FILE       | <data dir>/ledger-key.json      |
 | TRUSTLEDGER_CHECKPOINT_INTERVAL_S | 60                              |
@@ -63,6 +65,11 @@ class Settings:
     duplicate_window_s: float = 120.0
     nats_sync_always: bool = False
     """The embedded NATS syncs to disk before every ack (docs/reliability.md §4)."""
+    nats_seed_file: Path | None = None
+    """The nkey seed the service connects to NATS with; `up` with an embedded NATS
+    uses the one it keeps in the data folder (docs/operations.md §9)."""
+    nats_users_dir: Path | None = None
+    """Where the NATS users are listed; `<data dir>/nats/auth` (the embedded server's) when unset."""
     ledger_name: str = "trustledger.local"
     """Names the ledger in checkpoints (origin `<name>/<chain>`) and its note key."""
     ledger_key_file: Path | None = None
@@ -80,6 +87,10 @@ class Settings:
     def event_subjects(self) -> str:
         """The stream's subject filter: `<prefix>.ev.<org>.<agent or _>`."""
         return f"{self.subject_prefix}.ev.*.*"
+
+    @property
+    def nats_users_path(self) -> Path:
+        return self.nats_users_dir or self.data_dir / "nats" / "auth"
 
     @property
     def ledger_key_path(self) -> Path:
@@ -128,6 +139,11 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     return raw in ("1", "true")
 
 
+def _path(env: Mapping[str, str], name: str) -> Path | None:
+    raw = env.get(name)
+    return Path(raw).expanduser() if raw else None
+
+
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -172,6 +188,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
             _int(env, "TRUSTLEDGER_DUPLICATE_WINDOW_S", int(defaults.duplicate_window_s))
         ),
         nats_sync_always=_flag(env, "TRUSTLEDGER_NATS_SYNC_ALWAYS"),
+        nats_seed_file=_path(env, "TRUSTLEDGER_NATS_SEED_FILE"),
+        nats_users_dir=_path(env, "TRUSTLEDGER_NATS_USERS_DIR"),
         ledger_name=env.get("TRUSTLEDGER_LEDGER_NAME") or defaults.ledger_name,
         ledger_key_file=(
             Path(env["TRUSTLEDGER_LEDGER_KEY_FILE"]).expanduser()

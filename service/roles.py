@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -42,6 +42,7 @@ from service.app.rebuild import rebuild_projections
 from service.app.verify import IncrementalVerifier
 from service.config import Settings
 from service.domain.audit import LEDGER_CHAIN
+from service.domain.bus_access import service_inbox_prefix
 from service.errors import BrokerError, ConfigError, StorageUnavailableError
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,12 @@ async def run_roles(
             await store.close()
             raise
     try:
-        nc = await broker.connect(nats_url, name=f"trustledger-{'-'.join(roles.names)}")
+        nc = await broker.connect(
+            nats_url,
+            name=f"trustledger-{'-'.join(roles.names)}",
+            seed_file=settings.nats_seed_file,
+            inbox_prefix=service_inbox_prefix(settings.subject_prefix),
+        )
     except BaseException:
         await store.close()
         raise
@@ -330,9 +336,13 @@ def _up_locked(settings: Settings) -> None:
             database_url = postgres.start()
             log.info("embedded PostgreSQL at %s", database_url)
         if nats_url is None:
-            nats = EmbeddedNats(data_dir / "nats", sync_always=settings.nats_sync_always)
+            # With authentication: only the service's own NATS user and the org users
+            # issued by `trustledger orgs nats-creds` may connect (docs/operations.md §9).
+            nats = EmbeddedNats(data_dir / "nats", sync_always=settings.nats_sync_always, auth=True)
             nats_url = nats.start()
             log.info("embedded NATS at %s", nats_url)
+            assert nats.users is not None
+            settings = replace(settings, nats_seed_file=nats.users.service_seed_path)
         settings = settings.with_servers(database_url, nats_url)
         _write_runtime(settings)
         supervisor = Supervisor([server for server in (postgres, nats) if server is not None])
@@ -380,6 +390,11 @@ def _write_runtime(settings: Settings) -> None:
                 "nats_url": settings.nats_url,
                 "api_url": f"http://{settings.host}:{settings.port}",
                 "subject_prefix": settings.subject_prefix,
+                # The service's NATS identity (a path, not the seed; the file is 0600):
+                # commands of the data folder's owner on this machine connect with it.
+                "nats_seed_file": (
+                    None if settings.nats_seed_file is None else str(settings.nats_seed_file)
+                ),
             },
             indent=2,
         )
@@ -387,7 +402,8 @@ def _write_runtime(settings: Settings) -> None:
 
 
 def discover(settings: Settings) -> Settings:
-    """Fill missing server URLs from a running `trustledger up` on the same data dir."""
+    """Fill missing server URLs from a running `trustledger up` on the same data dir,
+    and, when its NATS is the one used, the service's NATS identity."""
     if settings.database_url and settings.nats_url:
         return settings
     path: Path = settings.data_dir / RUNTIME_FILE
@@ -396,6 +412,13 @@ def discover(settings: Settings) -> Settings:
         os.kill(int(runtime["pid"]), 0)
     except (OSError, ValueError, KeyError):
         return settings
-    return settings.with_servers(
-        settings.database_url or runtime["database_url"], settings.nats_url or runtime["nats_url"]
+    seed_file = settings.nats_seed_file
+    if settings.nats_url is None and seed_file is None and runtime.get("nats_seed_file"):
+        seed_file = Path(runtime["nats_seed_file"])
+    return replace(
+        settings.with_servers(
+            settings.database_url or runtime["database_url"],
+            settings.nats_url or runtime["nats_url"],
+        ),
+        nats_seed_file=seed_file,
     )

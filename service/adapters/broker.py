@@ -12,11 +12,12 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import nats
 import nats.errors
 import nats.js.errors
-from nats.aio.client import Client
+from nats.aio.client import DEFAULT_INBOX_PREFIX, Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -28,6 +29,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from service.adapters.nats_auth import read_seed_file
 from service.config import Settings
 from service.domain.admission import KEY_ID_HEADER, SIGNATURE_HEADER, Incoming
 from service.domain.events import STREAM_MAX_MESSAGE_BYTES
@@ -44,13 +46,32 @@ ACK_WAIT_S = 60.0
 batch's process died or could not commit."""
 
 
-async def connect(url: str, name: str, reconnect_forever: bool = True) -> Client:
-    """Connect to NATS.
+async def connect(
+    url: str,
+    name: str,
+    reconnect_forever: bool = True,
+    seed_file: Path | None = None,
+    inbox_prefix: str | None = None,
+) -> Client:
+    """Connect to NATS, as the NATS user whose nkey seed is in `seed_file` (if any).
 
     Services reconnect forever once connected (they must outlive a NATS
     restart). The first connection is tried a few times only, so a wrong URL
-    or a server that is down is reported instead of waited on in silence."""
+    or a server that is down is reported instead of waited on in silence.
+    `inbox_prefix`: where replies (JetStream acks, pulled messages) arrive; a
+    user may subscribe only to its own (`service.domain.bus_access`)."""
     holder: list[Client] = []
+    refused: list[str] = []  # the server's reason, which nats-py's final error drops
+    if seed_file is not None:
+        read_seed_file(seed_file)  # a clear error for a wrong file, before nats-py reads it
+
+    async def on_error(e: Exception) -> None:
+        text = str(e).lower()
+        if not holder and "authorization violation" in text:
+            refused.append(str(e))
+        elif holder and "permissions violation" in text:
+            holder[0].last_refusal = text  # type: ignore[attr-defined]  # our _Client
+        await _log_nats_error(e)
 
     async def disconnected() -> None:
         if holder and not (holder[0].is_closed or holder[0].is_draining):
@@ -65,9 +86,12 @@ async def connect(url: str, name: str, reconnect_forever: bool = True) -> Client
             reconnect_time_wait=1,
             connect_timeout=5,
             allow_reconnect=True,
-            error_cb=_log_nats_error,
+            error_cb=on_error,
             disconnected_cb=disconnected,
             reconnected_cb=_log_reconnected,
+            # The path, not the seed: nats-py reads the file again at each reconnection.
+            nkeys_seed=None if seed_file is None else str(seed_file),
+            inbox_prefix=DEFAULT_INBOX_PREFIX if inbox_prefix is None else inbox_prefix,
         )
         holder.append(nc)
         if reconnect_forever:
@@ -76,7 +100,27 @@ async def connect(url: str, name: str, reconnect_forever: bool = True) -> Client
             nc.options["max_reconnect_attempts"] = -1
         return nc
     except (TimeoutError, OSError, nats.errors.Error) as e:
+        if refused:
+            who = (
+                "no NATS credentials were given (TRUSTLEDGER_NATS_SEED_FILE, --nats-seed)"
+                if seed_file is None
+                else f"the server does not admit the NATS user of {seed_file}"
+            )
+            raise BrokerError(
+                f"NATS at {url} refused the connection ({refused[-1]}): {who}; "
+                "docs/operations.md §9"
+            ) from e
         raise BrokerError(f"cannot connect to NATS at {url}: {e}") from e
+
+
+def refusal(nc: Client, subject: str) -> str | None:
+    """The server's last permissions violation on `nc` if it names `subject`.
+
+    The server answers a publish it forbids with an asynchronous error, not on
+    the reply subject: a JetStream publish then only times out. This tells
+    the two apart."""
+    last: str | None = getattr(nc, "last_refusal", None)
+    return last if last is not None and f'"{subject.lower()}"' in last else None
 
 
 class _Client(Client):
@@ -85,6 +129,9 @@ class _Client(Client):
     invalid byte in its subject left the client connected but deaf, and ingest
     stalled. Decoding with `surrogateescape` lets such a message reach admission
     and the quarantine like any other bad message (its subject stored escaped)."""
+
+    last_refusal: str | None = None
+    """The server's last permissions violation (lowercased, as nats-py reports it)."""
 
     def _build_message(  # type: ignore[no-untyped-def]  # overrides an untyped private hook
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers

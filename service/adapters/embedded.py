@@ -36,6 +36,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
+from service.adapters.nats_auth import NatsUsers
 from service.errors import TrustLedgerError
 
 __all__ = [
@@ -701,14 +702,21 @@ class EmbeddedNats(_ChildServer):
     `sync_always`: the server syncs its stream files to disk before every ack
     (`sync_interval: always`), so an ack survives a power cut too; by default it
     syncs every two minutes and an OS crash can lose the acks of that interval
-    (docs/reliability.md §4)."""
+    (docs/reliability.md §4).
+
+    `auth`: only the users listed in `data_dir/auth` may connect, each with its
+    permissions (`service.adapters.nats_auth`); the service's own user is made on
+    the first start. Without it anyone who reaches the port may do anything (the
+    test suite's shared server)."""
 
     _kind = "nats"
     _stop_signal = signal.SIGTERM  # NATS flushes JetStream and exits on SIGTERM
 
-    def __init__(self, data_dir: Path, sync_always: bool = False) -> None:
+    def __init__(self, data_dir: Path, sync_always: bool = False, auth: bool = False) -> None:
         super().__init__(data_dir)
         self.sync_always = sync_always
+        self.users = NatsUsers(self.data_dir / "auth") if auth else None
+        """The users this server admits; None when it admits anyone."""
 
     @property
     def config_path(self) -> Path:
@@ -734,7 +742,16 @@ class EmbeddedNats(_ChildServer):
 
         # Only what has no command-line flag; the flags below say the rest.
         sync = "  sync_interval: always\n" if self.sync_always else ""  # else the server's default
-        self.config_path.write_text(f"jetstream {{\n{sync}}}\n")
+        # The name is here, not a flag: a configuration reload (SIGHUP) compares the
+        # file's settings with the running ones, and refuses a name given by -n.
+        config = f"server_name: {server_name}\njetstream {{\n{sync}}}\n"
+        if self.users is not None:
+            self.users.ensure_service_user()
+            # Both relative: `include` to this file's folder, pid_file to the server's
+            # working directory (data_dir), so no path needs quoting. The pid file lets
+            # `trustledger orgs nats-creds` make this server reload its users (SIGHUP).
+            config += 'include "auth/users.conf"\npid_file: "auth/nats-server.pid"\n'
+        self.config_path.write_text(config)
 
         def command(port: int) -> list[str]:
             return [
@@ -742,7 +759,6 @@ class EmbeddedNats(_ChildServer):
                 "-c", str(self.config_path),
                 "-a", _HOST,
                 "-p", str(port),
-                "-n", server_name,
                 "-js",
                 # nats-server keeps its files in <store_dir>/jetstream.
                 "-sd", str(self.data_dir),

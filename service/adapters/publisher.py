@@ -1,19 +1,29 @@
 """The publisher for agent runtimes and gateways: sign exactly what is sent.
 
-    async with await Publisher.connect("nats://...", key) as publisher:
-        await publisher.publish(ActionPerformed(...))
+    async with await Publisher.connect("nats://...", key, seed_file=Path("acme.nk")) as p:
+        await p.publish(ActionPerformed(...))
 
 Each event is encoded once; the Ed25519 signature covers those exact bytes and
 travels in the `Tl-Signature` header (base64url, no padding) beside
-`Tl-Key-Id`. `Nats-Msg-Id` is `<org>/<event id>`: JetStream drops a repeat
-within its duplicate window, and the ledger drops any later one. Publishing
-retries on timeouts with the same id, so delivery is at-least-once and the log
-still holds each event once.
+`Tl-Key-Id`. `Nats-Msg-Id` is `<org>/<event id>/<signature>`: JetStream drops a
+repeat within its duplicate window, and the ledger drops any later one.
+Publishing retries on timeouts with the same bytes, hence the same signature
+and id, so delivery is at-least-once and the log still holds each event once.
+
+The signature is in the id because the duplicate window is stream-wide: another
+org, although it may publish only on its own subjects, could otherwise publish
+first with `<org>/<event id>` of an event it expects from this org, and the
+broker would drop the real one as a duplicate. No one can write the id of a
+message before its signer has signed it (docs/wire-contract.md §2).
+
+The connection is made as the org's NATS user (`seed_file`, from `trustledger
+orgs nats-creds`), with the org's own inbox, the only one its user may read.
 """
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from types import TracebackType
 
 import nats.errors
@@ -21,8 +31,9 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
-from service.adapters.broker import connect
+from service.adapters.broker import connect, refusal
 from service.domain.admission import KEY_ID_HEADER, SIGNATURE_HEADER
+from service.domain.bus_access import org_inbox_prefix
 from service.domain.events import Event, agent_of, encode_event
 from service.domain.signing import SigningKey, b64url
 from service.errors import PublishError
@@ -40,11 +51,17 @@ def subject_for(event: Event, prefix: str = "tl") -> str:
 def signed_message(event: Event, key: SigningKey) -> tuple[bytes, dict[str, str]]:
     """The bytes to publish and the headers that authenticate them."""
     data = encode_event(event)
+    signature = b64url(key.sign(data))
     return data, {
-        MSG_ID_HEADER: f"{event.org}/{event.id}",
+        MSG_ID_HEADER: msg_id(event.org, event.id, signature),
         KEY_ID_HEADER: key.key_id,
-        SIGNATURE_HEADER: b64url(key.sign(data)),
+        SIGNATURE_HEADER: signature,
     }
+
+
+def msg_id(org: str, event_id: str, signature: str) -> str:
+    """`Nats-Msg-Id`: unique per event and signed bytes, and unknowable before signing."""
+    return f"{org}/{event_id}/{signature}"
 
 
 class Publisher:
@@ -60,8 +77,21 @@ class Publisher:
         self._own = own_connection
 
     @classmethod
-    async def connect(cls, url: str, key: SigningKey, subject_prefix: str = "tl") -> Publisher:
-        nc = await connect(url, name=f"trustledger-publisher-{key.org}", reconnect_forever=False)
+    async def connect(
+        cls,
+        url: str,
+        key: SigningKey,
+        subject_prefix: str = "tl",
+        seed_file: Path | None = None,
+    ) -> Publisher:
+        """Connect as the NATS user of `seed_file` (none: a server without authentication)."""
+        nc = await connect(
+            url,
+            name=f"trustledger-publisher-{key.org}",
+            reconnect_forever=False,
+            seed_file=seed_file,
+            inbox_prefix=org_inbox_prefix(subject_prefix, key.org),
+        )
         return cls(nc, key, subject_prefix, own_connection=True)
 
     async def publish(self, event: Event, attempts: int = 5, timeout_s: float = 5.0) -> PubAck:
@@ -89,6 +119,11 @@ class Publisher:
             try:
                 return await self._js.publish(subject, data, timeout=timeout_s, headers=headers)
             except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
+                refused = refusal(self._nc, subject)
+                if refused is not None:
+                    # Permissions do not change by retrying: the org's NATS user may
+                    # publish only on its own subjects.
+                    raise PublishError(f"NATS refused the publish to {subject}: {refused}") from e
                 last = e
                 await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
             except nats.errors.Error as e:
