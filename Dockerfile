@@ -28,9 +28,12 @@ RUN /opt/trustledger/bin/pip install -c constraints.txt .
 # ---- runtime ------------------------------------------------------------------------
 FROM python:3.11-slim
 
+# /var/lib/trustledger-nats: the NATS users folder (docker-compose.yml mounts a
+# volume there, which takes this owner and mode when it is new).
 RUN groupadd --system --gid 10001 trustledger \
  && useradd --system --uid 10001 --gid trustledger \
-        --home-dir /var/lib/trustledger --create-home --shell /usr/sbin/nologin trustledger
+        --home-dir /var/lib/trustledger --create-home --shell /usr/sbin/nologin trustledger \
+ && install -d -o trustledger -g trustledger -m 0700 /var/lib/trustledger-nats
 
 # Same base image as the build stage, so the venv's interpreter links stay valid.
 COPY --from=build /opt/trustledger /opt/trustledger
