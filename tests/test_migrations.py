@@ -187,3 +187,28 @@ def test_checksum_is_sha256_of_the_sql_when_computed() -> None:
 
     assert ONE.checksum == hashlib.sha256(ONE.sql.encode()).hexdigest()
     assert ONE.checksum != TWO.checksum
+
+
+async def test_cached_postures_are_queued_for_reassessment_when_the_model_changes(
+    blank_database: str, tmp_path: Path
+) -> None:
+    """Migration 0007 (posture model v2) queues every agent whose assessment is cached, so
+    no v1 assessment is served from the cache after the upgrade."""
+    before = tmp_path / "migrations"
+    before.mkdir()
+    for path in sorted(migrations_dir().glob("000[1-6]_*.sql")):
+        shutil.copy(path, before)
+    await migrate(blank_database, before)
+    conn = await asyncpg.connect(blank_database)
+    try:
+        await conn.execute(
+            "INSERT INTO agent_posture (org, agent, as_of, band, score, confidence, report_json)"
+            " VALUES ('acme', 'bot', now(), 'trusted', 950, 50, '{}'),"
+            " ('acme', 'other', now(), 'watch', 700, 50, '{}')"
+        )
+        await conn.execute("INSERT INTO posture_due (org, agent) VALUES ('acme', 'bot')")
+        await migrate(blank_database)
+        queued = await conn.fetch("SELECT org, agent FROM posture_due ORDER BY agent")
+    finally:
+        await conn.close()
+    assert [(r["org"], r["agent"]) for r in queued] == [("acme", "bot"), ("acme", "other")]
