@@ -444,7 +444,7 @@ def _nats_users(settings: Settings) -> NatsUsers:
         raise ConfigError(
             f"no NATS users in {users.directory}: run `trustledger up` on this data folder "
             "(its NATS makes them), or, for an external NATS, `trustledger nats-init` with "
-            "TRUSTLEDGER_NATS_USERS_DIR set (docs/operations.md §9)"
+            "TRUSTLEDGER_NATS_USERS_DIR set (docs/operations.md §8)"
         )
     return users
 
@@ -484,13 +484,13 @@ def cmd_orgs_nats_creds(args: argparse.Namespace) -> int:
         except BaseException:
             users.revoke(user.public_key, now)  # no user without its only copy of the seed
             raise
-    reloaded = users.reload_server()
+    hint = _reload_hint(users, users.reload_server())
     where = "below (stdout)" if out is None else f"in {out} (mode 0600)"
     print(
         f"NATS user {user.public_key} for org {args.org}: may publish on "
         f"{', '.join(user.publish)} only, with inbox prefix "
         f"{org_inbox_prefix(settings.subject_prefix, args.org)}. Its seed is shown once, "
-        f"{where}; only the public key is kept. {_reload_hint(users, reloaded)}.",
+        f"{where}; only the public key is kept. {hint[:1].upper()}{hint[1:]}.",
         file=sys.stderr,
     )
     if out is None:
@@ -766,7 +766,7 @@ def _parser() -> argparse.ArgumentParser:
                 "Make a NATS user (an nkey) for the org, allowed to publish only on "
                 "<prefix>.ev.<org>.> and to read only its inbox _INBOX.<prefix>.<org>; write "
                 "its seed once (mode 0600; only the public key is kept) and make the embedded "
-                "NATS of this data folder reload its users. docs/operations.md §9."
+                "NATS of this data folder reload its users. docs/operations.md §8."
             ),
         )
     )
@@ -846,7 +846,7 @@ def _parser() -> argparse.ArgumentParser:
             description=(
                 "For an external NATS (`trustledger up` does this for its embedded one): make "
                 "the service's NATS user unless there is one, and write the users file the "
-                "server reads, in TRUSTLEDGER_NATS_USERS_DIR. docs/operations.md §9."
+                "server reads, in TRUSTLEDGER_NATS_USERS_DIR. docs/operations.md §8."
             ),
         )
     ).set_defaults(fn=cmd_nats_init)

@@ -67,7 +67,7 @@ class Settings:
     """The embedded NATS syncs to disk before every ack (docs/reliability.md §4)."""
     nats_seed_file: Path | None = None
     """The nkey seed the service connects to NATS with; `up` with an embedded NATS
-    uses the one it keeps in the data folder (docs/operations.md §9)."""
+    uses the one it keeps in the data folder (docs/operations.md §8)."""
     nats_users_dir: Path | None = None
     """Where the NATS users are listed; `<data dir>/nats/auth` (the embedded server's) when unset."""
     ledger_name: str = "trustledger.local"

@@ -337,7 +337,7 @@ def _up_locked(settings: Settings) -> None:
             log.info("embedded PostgreSQL at %s", database_url)
         if nats_url is None:
             # With authentication: only the service's own NATS user and the org users
-            # issued by `trustledger orgs nats-creds` may connect (docs/operations.md §9).
+            # issued by `trustledger orgs nats-creds` may connect (docs/operations.md §8).
             nats = EmbeddedNats(data_dir / "nats", sync_always=settings.nats_sync_always, auth=True)
             nats_url = nats.start()
             log.info("embedded NATS at %s", nats_url)

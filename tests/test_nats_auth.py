@@ -32,6 +32,7 @@ from nats.aio.client import Client
 
 from service.adapters import broker
 from service.adapters.embedded import EmbeddedNats, free_tcp_port
+from service.adapters.keyfile import save_key
 from service.adapters.nats_auth import (
     NatsUsers,
     new_user_seed,
@@ -399,6 +400,40 @@ async def test_real_event_is_chained_when_another_org_published_its_event_id_fir
         await b_pub.close()
 
 
+async def test_only_the_servers_ack_reaches_another_orgs_subject_when_named_as_a_reply(
+    bus: Bus, store: LedgerStore
+) -> None:
+    """What subject permissions do not stop (docs/operations.md §9): b names a's subject as
+    the reply of a publish on its own. The stream's ack of b's message then lands on a's
+    subject: unsigned, so quarantined under a, never chained, and naming b's message."""
+    nc = await _connect(
+        bus.url, await bus.seed_for("b"), org_inbox_prefix(bus.settings.subject_prefix, "b")
+    )
+    stop, task = await _run_ingest(bus.settings)
+    prefix = bus.settings.subject_prefix
+    try:
+        await nc.publish(f"{prefix}.ev.b._", b"{}", reply=f"{prefix}.ev.a.x")
+        await nc.flush()
+
+        async def ack_quarantined() -> bool:
+            return len(await store.quarantined("a")) == 1
+
+        await wait_until(ack_quarantined, message="the ack on a's subject quarantined")
+        [record] = await store.quarantined("a")
+        assert record["reason"] == "missing_signature"
+        assert record["subject"] == f"{prefix}.ev.a.x"
+        [b_message] = await store.quarantined("b")
+        assert json.loads(record["raw"]) == {
+            "stream": bus.settings.stream,
+            "seq": b_message["stream_seq"],
+        }
+        assert await store.chain_head("a") is None
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        await nc.close()
+
+
 async def test_event_id_alone_is_taken_when_another_org_publishes_it_first(
     bus: Bus, org_key: OrgKeyFactory
 ) -> None:
@@ -626,3 +661,37 @@ def test_up_runs_its_nats_with_authentication_when_the_data_folder_is_new(tmp_pa
     finally:
         up.send_signal(signal.SIGTERM)
         assert up.wait(30) == 0
+
+
+def _publisher_example() -> str:
+    """The Python program of docs/wire-contract.md §8, as printed there."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "wire-contract.md").read_text()
+    section = text[text.index("## 8. A publisher without trustledger's code") :]
+    return section.split("```python\n", 1)[1].split("\n```", 1)[0]
+
+
+async def test_documented_publisher_is_admitted_and_chained_when_given_its_org_seed(
+    bus: Bus, org_key: OrgKeyFactory, store: LedgerStore
+) -> None:
+    """The wire contract's publisher without trustledger code connects as its org's NATS
+    user with the documented inbox prefix, and its four events are chained."""
+    key = await org_key("acme")
+    key_file = bus.tmp / "acme.key.json"
+    save_key(key, key_file)
+    seed = await bus.seed_for("acme")
+    script = bus.tmp / "publish_example.py"
+    script.write_text(_publisher_example())
+    stop, task = await _run_ingest(bus.settings)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(script), str(key_file), bus.url, str(seed),
+            bus.settings.subject_prefix,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, out.decode()
+        assert out.decode().count("stream seq") == 4
+        await wait_for_chain(store, "acme", 5)  # its key's registration, then the four
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)

@@ -108,7 +108,7 @@ async def connect(
             )
             raise BrokerError(
                 f"NATS at {url} refused the connection ({refused[-1]}): {who}; "
-                "docs/operations.md §9"
+                "docs/operations.md §8"
             ) from e
         raise BrokerError(f"cannot connect to NATS at {url}: {e}") from e
 

@@ -1,4 +1,4 @@
-"""An org's NATS credentials: issue, list, revoke (docs/operations.md §9).
+"""An org's NATS credentials: issue, list, revoke (docs/operations.md §8).
 
 The registry of NATS users is a folder the NATS server reads
 (`service.adapters.nats_auth.NatsUsers`); the org must be a known org

@@ -7,7 +7,7 @@ its own subjects `<prefix>.ev.<org>.>` and to subscribe only to its own inbox
 The service's own user (ingest, api, scheduler, the operator's CLI on the
 service's machine) may do everything: consume the stream, manage the stream and
 its consumer. `render_users_conf` writes these users as the `authorization`
-block nats-server reads; docs/operations.md §9 tells what this protects.
+block nats-server reads; docs/operations.md §8 tells what this protects.
 
 Why a per-org inbox: a JetStream publish waits for its ack on a reply subject the
 client subscribes to. With the usual `_INBOX.>` any org could also subscribe to
