@@ -217,7 +217,9 @@ class Lab:
         """A lab over a running service's database and stream (never dropped)."""
         dsn, nats_url = settings.require_servers()
         await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True)
-        nc = await broker.connect(nats_url, name=f"faults-{name}")
+        nc = await broker.connect(
+            nats_url, name=f"faults-{name}", seed_file=settings.nats_seed_file
+        )
         return cls(name, root, dsn, dsn, nats_url, settings, store, nc, owned=False)
 
     async def close(self, keep: bool = False) -> None:

@@ -725,9 +725,11 @@ async def _publish_and_check(
     ctx: Context, folder: Path, name: str, notes: list[str], label: str
 ) -> Findings:
     runtime = json.loads((folder / "runtime.json").read_text())
+    seed = runtime.get("nats_seed_file")  # up's NATS admits its own users only
     settings = Settings(
         database_url=runtime["database_url"], nats_url=runtime["nats_url"], data_dir=folder,
         subject_prefix=runtime.get("subject_prefix", "tl"),
+        nats_seed_file=None if seed is None else Path(seed),
     )  # fmt: skip
     store = await LedgerStore.connect(runtime["database_url"], max_size=4)
     lab = await Lab.attach(name, ctx.root / name, settings, store, ORGS)
@@ -735,7 +737,7 @@ async def _publish_and_check(
         for org in (*ORGS, GATEWAY):
             lab.keys[org], _ = await register_new_key(store, org, "fault suite")
         workload = Workload.build(lab.keys, settings.subject_prefix, 300, ctx.options.seed)
-        await workload.publish(settings.nats_url or "")
+        await workload.publish(settings.nats_url or "", seed_file=settings.nats_seed_file)
         drain = await wait_drained(lab, workload, stall_s=15)
         if not drain.complete:
             notes.append(f"after a kill at {label}: {drain.reason}")

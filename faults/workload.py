@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import nats
 import nats.errors
@@ -185,10 +186,17 @@ class Workload:
     def by_id(self) -> dict[tuple[str, str], Message]:
         return {(m.org, m.event_id): m for ms in self.units.values() for m in ms}
 
-    async def publish(self, nats_url: str, up_to: float = 1.0, connections: int = 2) -> None:
-        """Publish every unit's events up to the fraction `up_to` of it, units concurrently."""
+    async def publish(
+        self,
+        nats_url: str,
+        up_to: float = 1.0,
+        connections: int = 2,
+        seed_file: Path | None = None,
+    ) -> None:
+        """Publish every unit's events up to the fraction `up_to` of it, units concurrently
+        (as the NATS user of `seed_file`, when the server asks for one)."""
         started = time.monotonic()
-        clients = [await connect_publisher(nats_url) for _ in range(connections)]
+        clients = [await connect_publisher(nats_url, seed_file) for _ in range(connections)]
         try:
             await asyncio.gather(
                 *(
@@ -251,11 +259,12 @@ async def _quiet(*_: object) -> None:
     """Connection noise (reconnects during a NATS restart) is expected here."""
 
 
-async def connect_publisher(url: str) -> Client:
+async def connect_publisher(url: str, seed_file: Path | None = None) -> Client:
     """A publisher connection that reconnects forever (publishers outlive NATS restarts)."""
     return await nats.connect(
         url,
         name="faults-publisher",
+        nkeys_seed=None if seed_file is None else str(seed_file),
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.2,
         connect_timeout=5,
