@@ -695,3 +695,25 @@ async def test_documented_publisher_is_admitted_and_chained_when_given_its_org_s
     finally:
         stop.set()
         await asyncio.wait_for(task, 20)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["orgs", "nats-creds", "acme"],
+        ["orgs", "nats-users"],
+        ["orgs", "nats-revoke", "U" + "A" * 55],
+    ],
+)
+def test_cli_says_where_users_come_from_when_the_folder_has_none(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: list[str],
+) -> None:
+    """Without a NATS users folder (no `up` ran here, no `nats-init`), exit 2 and say how to
+    make one."""
+    monkeypatch.delenv("TRUSTLEDGER_NATS_USERS_DIR", raising=False)
+    assert main([*command, "--data-dir", str(tmp_path)]) == 2
+    assert "nats-init" in capsys.readouterr().err
+    assert not (tmp_path / "nats").exists()
