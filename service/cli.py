@@ -208,6 +208,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from service.adapters.publisher import Publisher
     from service.app.demo import AGENT_ORG, GATEWAY_ORG, story
+    from service.roles import running_api_url
 
     settings = _settings(args)
     nats_url = settings.require_nats()
@@ -242,12 +243,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     _run(go())
     progress.done()
+    api = args.api or running_api_url(settings) or "http://127.0.0.1:8000"
     print(f"published {len(events)} signed events for {AGENT_ORG} and {GATEWAY_ORG}; now try:")
     auth = f'-H "Authorization: Bearer $(cat {settings.data_dir / "operator.key"})"'
     for agent in ("billing-bot", "ops-agent", "scraper"):
-        print(f"  curl -s {auth} {args.api}/v1/agents/{AGENT_ORG}/{agent}/posture")
-    print(f"  curl -s {auth} {args.api}/v1/agents/{AGENT_ORG}/ops-agent/timeline")
-    print(f"  curl -s {auth} '{args.api}/v1/postures?band=untrusted'   # after the next tick")
+        print(f"  curl -s {auth} {api}/v1/agents/{AGENT_ORG}/{agent}/posture")
+    print(f"  curl -s {auth} {api}/v1/agents/{AGENT_ORG}/ops-agent/timeline")
+    print(f"  curl -s {auth} '{api}/v1/postures?band=untrusted'   # after the next tick")
     return EXIT_OK
 
 
@@ -835,7 +837,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--actions", type=int, default=50, help="actions per agent (default 50)")
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument(
-        "--api", default="http://127.0.0.1:8000", help="where the API answers, for the hints"
+        "--api",
+        default=None,
+        help="where the API answers, for the hints (default: the running up's, else :8000)",
     )
     demo.set_defaults(fn=cmd_demo)
 

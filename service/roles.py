@@ -401,6 +401,16 @@ def _write_runtime(settings: Settings) -> None:
     )
 
 
+def running_api_url(settings: Settings) -> str | None:
+    """Where a running `trustledger up` on this data dir serves HTTP, if one runs."""
+    try:
+        runtime = json.loads((settings.data_dir / RUNTIME_FILE).read_text())
+        os.kill(int(runtime["pid"]), 0)
+        return str(runtime["api_url"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def discover(settings: Settings) -> Settings:
     """Fill missing server URLs from a running `trustledger up` on the same data dir,
     and, when its NATS is the one used, the service's NATS identity."""

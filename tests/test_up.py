@@ -432,6 +432,9 @@ def test_up_prints_an_operator_key_once_when_the_data_folder_is_new(
     metrics = httpx.get(f"{first.url}/metrics", headers=_operator_auth(first), timeout=5)
     assert metrics.status_code == 200
     assert httpx.get(f"{first.url}/metrics", timeout=5).status_code == 401
+    demo = _cli("demo", "--data-dir", str(first.data_dir))
+    assert demo.returncode == 0, demo.stderr
+    assert f"{first.url}/v1/agents/acme/billing-bot/posture" in demo.stdout  # its own port
     assert first.stop() == 0
 
     again = start_up(first.data_dir, free_tcp_port(), work / "again.log")
