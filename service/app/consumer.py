@@ -167,16 +167,17 @@ class IngestWorker:
         """Take the consumer's writer lease, waiting as a standby while another holds it."""
         consumer = self._fresh.consumer
         announced = False
-        backoff_s = 0.5
+        backoff = _Backoff(stop)
         while not stop.is_set():
             try:
                 lease = await self._store.try_acquire_writer(consumer, self._writer)
             except StorageUnavailableError as e:
                 self._failed(e)
-                log.warning("cannot take the writer lock, retrying in %.1f s: %s", backoff_s, e)
-                if await _sleep_unless(stop, backoff_s):
+                log.warning(
+                    "cannot take the writer lock, retrying in %.1f s: %s", backoff.delay_s, e
+                )
+                if await backoff.wait():
                     return None
-                backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
                 continue
             if lease is not None:
                 log.info("writer of consumer %s (epoch %d)", consumer, lease.epoch)
@@ -239,17 +240,16 @@ class IngestWorker:
 
     async def _rebind(self, stop: asyncio.Event) -> bool:
         """Bind the consumer to deliver after the committed position; False if stopped."""
-        backoff_s = 0.5
+        backoff = _Backoff(stop)
         while not stop.is_set():
             try:
                 self._consumer = await self._bind(self.position)
                 return True
             except BrokerError as e:
                 self._failed(e)
-                log.warning("cannot bind the consumer, retrying in %.1f s: %s", backoff_s, e)
-                if await _sleep_unless(stop, backoff_s):
+                log.warning("cannot bind the consumer, retrying in %.1f s: %s", backoff.delay_s, e)
+                if await backoff.wait():
                     return False
-                backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
         return False
 
     async def _unbind(self) -> None:
@@ -349,7 +349,7 @@ class IngestWorker:
     ) -> bool:
         """Run `attempt` until it commits (transient failures are waited out), then ack.
         Anything else it raises is the caller's to isolate."""
-        backoff_s = 0.5
+        backoff = _Backoff(stop)
         while True:
             started = time.perf_counter()
             try:
@@ -363,12 +363,11 @@ class IngestWorker:
                     raise _LeaseLost("the session holding the writer lock ended") from e
                 log.error(
                     "batch of %d not committed, retrying in %.1f s: %s",
-                    len(deliveries), backoff_s, e,
+                    len(deliveries), backoff.delay_s, e,
                 )  # fmt: skip
                 await self._consumer_in_progress(deliveries)
-                if await _sleep_unless(stop, backoff_s):
+                if await backoff.wait():
                     return False
-                backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
         position = self._advanced(deliveries)
         if self._consumer is not None:
             await self._consumer.ack(deliveries)
@@ -413,6 +412,21 @@ def _record(outcome: BatchOutcome, size: int, elapsed_s: float, last: Delivery) 
         "batch: %d appended, %d duplicate, %s quarantined in %.1f ms",
         outcome.appended, outcome.duplicates, outcome.quarantined, elapsed_s * 1000,
     )  # fmt: skip
+
+
+class _Backoff:
+    """Waits between retries: 0.5 s, doubling to `MAX_BACKOFF_S`; cut short by `stop`."""
+
+    def __init__(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+        self.delay_s = 0.5
+
+    async def wait(self) -> bool:
+        """Wait the current delay and lengthen the next; True if `stop` was set meanwhile."""
+        if await _sleep_unless(self._stop, self.delay_s):
+            return True
+        self.delay_s = min(self.delay_s * 2, MAX_BACKOFF_S)
+        return False
 
 
 async def _quietly(result: Awaitable[str]) -> str:
