@@ -12,6 +12,8 @@
     │   └── DeliveryGapError   the consumer's delivery sequence skipped: deliveries were lost
     ├── EmbeddedServerError    an embedded server would not start (service.adapters.embedded)
     ├── NotFoundError          a queried org, agent or entry does not exist
+    ├── ConflictError          the request conflicts with the service's state (a limit
+    │                          reached, a feature this deployment does not configure)
     ├── AdmissionError         an event handed in directly (not via NATS) was refused
     └── PublishError           a publisher could not get an event accepted by the broker
 
@@ -64,6 +66,11 @@ class DeliveryGapError(BrokerError):
 
 class NotFoundError(TrustLedgerError):
     """The requested resource does not exist."""
+
+
+class ConflictError(TrustLedgerError):
+    """The request cannot be met in the service's present state: a limit is reached,
+    or it needs something this deployment does not configure; says what."""
 
 
 class AdmissionError(TrustLedgerError):

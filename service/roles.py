@@ -29,9 +29,11 @@ from service.adapters.data_dir_lock import DataDirLock
 from service.adapters.embedded import EmbeddedNats, EmbeddedPostgres
 from service.adapters.keyfile import load_or_create_key
 from service.adapters.migrations import migrate
+from service.adapters.nats_auth import NatsUsers
 from service.adapters.postgres import LedgerStore, StreamPosition
 from service.adapters.supervision import Supervisor
 from service.api.app import HealthCheck, create_app
+from service.api.nats_credentials import NatsCredentialsSetup
 from service.api.server import server_options
 from service.app.access import OPERATOR_KEY_FILE, bootstrap_operator_key
 from service.app.checkpoints import make_due_checkpoints
@@ -154,7 +156,15 @@ async def run_roles(
             checks["ledger"] = ledger_verified
 
         # Every process serves health and metrics; only the api role serves /v1.
-        app = create_app(store, checks, query_api=roles.api, signer=signer if roles.api else None)
+        app = create_app(
+            store,
+            checks,
+            query_api=roles.api,
+            signer=signer if roles.api else None,
+            nats_credentials=NatsCredentialsSetup(
+                NatsUsers(settings.nats_users_path), settings.subject_prefix
+            ),
+        )
         config = uvicorn.Config(
             app,
             host=settings.host,

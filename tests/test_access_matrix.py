@@ -41,10 +41,12 @@ from conftest import (
 from service.adapters.access_store import AccessStore
 from service.adapters.embedded import free_tcp_port
 from service.adapters.migrations import migrate
+from service.adapters.nats_auth import NatsUsers
 from service.adapters.postgres import LedgerStore
 from service.adapters.publisher import Publisher
 from service.api.access import AccessControl
 from service.api.app import create_app
+from service.api.nats_credentials import NatsCredentialsSetup
 from service.app.access import Authenticator
 from service.app.checkpoints import make_checkpoint
 from service.app.keys import register_new_key
@@ -64,6 +66,9 @@ A_RAW = b"A-QUARANTINED-SECRET"
 B_RAW = b"B-QUARANTINED-NOTE"
 A_PRIVATE = [A_DISPLAY, A_RAW.decode(), base64.b64encode(A_RAW).decode()]
 """Bytes that only org a's auditors (and operators) may ever receive."""
+
+A_NATS_KEY = "{a_nats_key}"
+"""Stands in a path for the public key of a NATS user the world issued to org a."""
 
 CALLERS = (
     "anonymous",
@@ -112,6 +117,17 @@ ROUTES: dict[str, tuple[str, str, tuple[int, ...]]] = {
         "/v1/quarantine?org=b&org=a",
         (401, 403, 403, 403, 403, OK, 401, 401),
     ),
+    "issue-nats-creds": (
+        "POST",
+        "/v1/orgs/a/nats-credentials",
+        (401, 403, OK, 403, 403, OK, 401, 401),
+    ),
+    "nats-users": ("GET", "/v1/orgs/a/nats-credentials", (401, 403, OK, 403, 403, OK, 401, 401)),
+    "revoke-nats-user": (
+        "DELETE",
+        f"/v1/orgs/a/nats-credentials/{A_NATS_KEY}",
+        (401, 403, OK, 403, 403, OK, 401, 401),
+    ),
 }
 """Reads that are allowed to carry org a's private bytes, by caller."""
 SEES_A_PRIVATE = {
@@ -134,6 +150,8 @@ class World:
     http: httpx.AsyncClient
     keys: dict[str, str]
     """caller -> API key (none for anonymous)."""
+    a_nats_key: str
+    """The public key of a NATS user of org a (revoked by the DELETE cells)."""
 
 
 async def _expired_key(store: LedgerStore, org: str) -> str:
@@ -231,11 +249,21 @@ async def world(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> A
             RateLimiter(UNLIMITED),
             RateLimiter(UNLIMITED),
         )
-        app = create_app(store, {"postgres": store.ping}, signer=signer, access=access)
+        # A users folder of its own (the NATS server here runs without authentication).
+        nats_users = NatsUsers(settings.data_dir / "nats-users")
+        nats_users.ensure_service_user()
+        a_nats = nats_users.issue("a", settings.subject_prefix, "matrix", datetime.now(UTC))
+        app = create_app(
+            store,
+            {"postgres": store.ping},
+            signer=signer,
+            access=access,
+            nats_credentials=NatsCredentialsSetup(nats_users, settings.subject_prefix),
+        )
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://matrix.test"
         ) as http:
-            yield World(http, keys)
+            yield World(http, keys, a_nats.user.public_key)
     finally:
         for p in publishers:
             await p.close()
@@ -267,6 +295,7 @@ async def test_each_caller_gets_its_cell_of_the_matrix_when_calling_each_route(
     """Right status; a refusal is a problem body; nothing private to org a leaks."""
     method, path, _ = ROUTES[route]
     headers = bearer(world.keys[who]) if who in world.keys else {}
+    path = path.replace(A_NATS_KEY, world.a_nats_key)
     response = await world.http.request(method, path, headers=headers)
 
     if status == OK:
@@ -353,6 +382,8 @@ def _template(path: str) -> str:
         ("v1", "agents", "a", "bot"): "{agent}",
         ("v1", "chains", "a"): "{org}",
         ("v1", "chains", "a", "checkpoints", "4"): "{size}",
+        ("v1", "orgs", "a"): "{org}",
+        ("v1", "orgs", "a", "nats-credentials", A_NATS_KEY): "{public_key}",
     }
     out: list[str] = []
     for i, part in enumerate(parts):

@@ -42,7 +42,7 @@ from service.domain.bus_access import (
     render_users_conf,
     service_user,
 )
-from service.errors import ConfigError, NotFoundError
+from service.errors import ConfigError, ConflictError, NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -241,15 +241,32 @@ class NatsUsers:
         log.info("created the service's NATS identity %s in %s", fresh.public_key, self.directory)
         return True
 
-    def issue(self, org: str, subject_prefix: str, label: str, now: datetime) -> IssuedUser:
-        """A new user for `org`: allowed `<prefix>.ev.<org>.>` and its own inbox only."""
+    def issue(
+        self,
+        org: str,
+        subject_prefix: str,
+        label: str,
+        now: datetime,
+        max_active: int | None = None,
+    ) -> IssuedUser:
+        """A new user for `org`: allowed `<prefix>.ev.<org>.>` and its own inbox only.
+
+        ConflictError when `org` already has `max_active` active users (counted under
+        the folder's lock, so concurrent issuers cannot pass the bound together)."""
         fresh = new_user_seed()
         try:
             user = org_user(fresh.public_key, org, subject_prefix, label, now)
         except BusAccessError as e:
             raise ConfigError(str(e)) from e
         with self._locked():
-            self._save([*self.users(), user])
+            users = self.users()
+            active = sum(1 for u in users if u.org == org and u.active)
+            if max_active is not None and active >= max_active:
+                raise ConflictError(
+                    f"org {org} has {active} active NATS users, the most allowed: "
+                    "revoke one it no longer uses first"
+                )
+            self._save([*users, user])
         log.info("NATS user %s issued for org %s", user.public_key, org)
         return IssuedUser(user, fresh.seed)
 

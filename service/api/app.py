@@ -23,6 +23,7 @@ from service.api.controllers import (
     PostureListController,
     QuarantineController,
 )
+from service.api.nats_credentials import NatsCredentialsController, NatsCredentialsSetup
 from service.api.openapi import document_problems
 from service.api.problems import EXCEPTION_HANDLERS
 from service.app.ledger_key import LedgerSigner
@@ -75,11 +76,13 @@ def create_app(
     query_api: bool = True,
     signer: LedgerSigner | None = None,
     access: AccessControl | None = None,
+    nats_credentials: NatsCredentialsSetup | None = None,
 ) -> Litestar:
     """The HTTP app of one process: health, readiness and metrics always; the `/v1`
     query API for the `api` role (ingest and scheduler processes serve only the
     operations endpoints, so each exposes its own metrics). Every route is behind
-    the one access guard (`service.api.access`)."""
+    the one access guard (`service.api.access`). Without `nats_credentials` the
+    NATS credential routes answer 409 naming what to configure."""
     operations = [healthz, readyz, prometheus_metrics]
     queries = (
         [
@@ -88,6 +91,7 @@ def create_app(
             ChainController,
             LedgerController,
             QuarantineController,
+            NatsCredentialsController,
         ]
         if query_api
         else []
@@ -97,7 +101,13 @@ def create_app(
     app = Litestar(
         route_handlers=[*operations, *queries],
         state=State(
-            {"store": store, "health_checks": health_checks, "signer": signer, "access": access}
+            {
+                "store": store,
+                "health_checks": health_checks,
+                "signer": signer,
+                "access": access,
+                "nats_credentials": nats_credentials,
+            }
         ),
         guards=[enforce_access],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 import msgspec
 
@@ -254,3 +255,51 @@ class CheckpointView(msgspec.Struct):
     key_name: str
     key_id: str
     note: str
+
+
+class NatsCredentialsRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """What to issue: a label saying who will use the credentials (printable, ≤ 200)."""
+
+    label: Annotated[str, msgspec.Meta(max_length=200)] = ""
+
+
+class NatsUserView(msgspec.Struct):
+    """One of an org's NATS users: its public key and permissions, never its seed."""
+
+    public_key: str
+    """The user's public nkey (`U...`, 56 characters): what revokes it."""
+    org: str
+    label: str
+    created_at: datetime
+    publish: list[str]
+    """Subjects it may publish on: `<prefix>.ev.<org>.>`."""
+    subscribe: list[str]
+    """Subjects it may subscribe to: its own inbox, `_INBOX.<prefix>.<org>.>`."""
+    revoked_at: datetime | None
+
+
+class NatsUsersPage(msgspec.Struct):
+    """An org's active NATS users, oldest first (at most 20)."""
+
+    items: list[NatsUserView]
+
+
+class IssuedNatsCredentials(msgspec.Struct):
+    """New NATS credentials: the seed is in this answer only; the service keeps none."""
+
+    user: NatsUserView
+    seed: str
+    """The nkey seed (`SU...`): store it as a file of mode 0600 (nats-py `nkeys_seed=`,
+    nats.go `nats.NkeyOptionFromSeed`, the `nats` CLI `--nkey`)."""
+    inbox_prefix: str
+    """The inbox prefix the client must use (nats-py `inbox_prefix`)."""
+    applied: bool
+    """True: the embedded NATS server reloaded its users and admits it now; false: an
+    external server admits it after its operator reloads it (docs/operations.md §8)."""
+
+
+class RevokedNatsCredentials(msgspec.Struct):
+    user: NatsUserView
+    applied: bool
+    """True: the NATS server reloaded and cut the user off now; false: after the next
+    reload of the external server."""

@@ -33,7 +33,8 @@ _WHEN = {
     "400": "a parameter is invalid; `errors` names it",
     "401": "a key that is malformed, unknown, revoked or expired; no key where one is needed",
     "403": "the key's role or org may not call this route",
-    "404": "no such org, agent, chain, checkpoint or route",
+    "404": "no such org, agent, chain, checkpoint, NATS user or route",
+    "409": "a limit is reached, or the deployment does not configure what the route needs",
     "429": "rate limit reached; see the Retry-After header",
     "500": "the ledger does not verify here (ledger-integrity), or a bug (internal)",
     "503": "the database is unavailable, or this process holds no ledger key",
@@ -48,7 +49,7 @@ def document_problems(app: Litestar) -> None:
     schema.components.schemas["Problem"] = PROBLEM_SCHEMA
     problem = OpenAPIMediaType(schema=Reference(ref="#/components/schemas/Problem"))
     for path, item in (schema.paths or {}).items():
-        for method in ("get", "post"):
+        for method in ("get", "post", "delete"):
             operation = getattr(item, method, None)
             if operation is None:
                 continue
@@ -57,6 +58,8 @@ def document_problems(app: Litestar) -> None:
             codes = ["400", "401", "404", "429", "500", "503"]
             if rule is None or rule.roles is not None:
                 codes.append("403")
+            if path.startswith("/v1/orgs/"):
+                codes.append("409")
             responses = operation.responses or {}
             for code in sorted(codes):
                 responses[code] = OpenAPIResponse(

@@ -11,6 +11,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
 from service.errors import (
+    ConflictError,
     IntegrityError,
     NotFoundError,
     StorageError,
@@ -52,6 +53,8 @@ def _problem(
 def _service_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
     if isinstance(exc, NotFoundError):
         return _problem("not-found", "Not found", 404, str(exc))
+    if isinstance(exc, ConflictError):
+        return _problem("conflict", "Conflict", 409, str(exc))
     if isinstance(exc, IntegrityError):
         log.error("ledger integrity on %s: %s", request.url.path, exc)
         return _problem("ledger-integrity", "The ledger does not verify", 500, str(exc))

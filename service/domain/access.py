@@ -161,6 +161,11 @@ MATRIX: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/chains/{org}/entries"): _rule("auditor", scope="path_org"),
     ("GET", "/v1/chains/{org}/export"): _rule("auditor", scope="path_org"),
     ("GET", "/v1/quarantine"): _rule("auditor", "publisher_admin", scope="own_org"),
+    ("POST", "/v1/orgs/{org}/nats-credentials"): _rule("publisher_admin", scope="path_org"),
+    ("GET", "/v1/orgs/{org}/nats-credentials"): _rule("publisher_admin", scope="path_org"),
+    ("DELETE", "/v1/orgs/{org}/nats-credentials/{public_key}"): _rule(
+        "publisher_admin", scope="path_org"
+    ),
 }
 """(method, route template) -> who may call it. `/schema...` (the OpenAPI
 document and its viewers) needs any key; see `rule_for`."""
@@ -172,11 +177,12 @@ def rule_for(method: str, path_template: str) -> Rule | None:
     """The rule of a route; None for a route the matrix does not know (refused to all).
 
     OPTIONS (answered by the framework with the allowed methods, no data) follows
-    the rule of GET on the same route."""
+    the rule of GET on the same route (or else POST, or else DELETE)."""
     if path_template == OPENAPI_PREFIX or path_template.startswith(OPENAPI_PREFIX + "/"):
         return ANY_KEY
     if method == "OPTIONS":
-        method = "GET" if ("GET", path_template) in MATRIX else "POST"
+        known = (m for m in ("GET", "POST", "DELETE") if (m, path_template) in MATRIX)
+        method = next(known, "GET")
     return MATRIX.get((method, path_template))
 
 
