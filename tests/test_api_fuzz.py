@@ -16,6 +16,7 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -39,8 +40,10 @@ from hypothesis import strategies as st
 
 from service.adapters.access_store import AccessStore
 from service.adapters.embedded import free_tcp_port
+from service.adapters.nats_auth import NatsUsers
 from service.api.access import AccessControl
 from service.api.app import create_app
+from service.api.nats_credentials import NatsCredentialsSetup
 from service.api.server import server_options
 from service.app.access import Authenticator
 from service.domain.events import Event
@@ -75,7 +78,7 @@ class Served:
 
 @pytest.fixture
 async def served(
-    service: RunningService, org_key: OrgKeyFactory, publisher: PublisherFactory
+    service: RunningService, org_key: OrgKeyFactory, publisher: PublisherFactory, tmp_path: Path
 ) -> AsyncIterator[Served]:
     """Traffic in the ledger, a checkpoint, and the API behind uvicorn without rate limits."""
     pub = await publisher(await org_key("acme"))
@@ -103,7 +106,16 @@ async def served(
         RateLimiter(UNLIMITED),
         RateLimiter(UNLIMITED),
     )
-    app = create_app(store, {"postgres": store.ping}, signer=signer, access=access)
+    nats_users = NatsUsers(tmp_path / "nats-users")
+    nats_users.ensure_service_user()
+    nats_users.issue("acme", service.settings.subject_prefix, "fuzz", datetime.now(UTC))
+    app = create_app(
+        store,
+        {"postgres": store.ping},
+        signer=signer,
+        access=access,
+        nats_credentials=NatsCredentialsSetup(nats_users, service.settings.subject_prefix),
+    )
     port = free_tcp_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, **server_options())  # type: ignore[arg-type]
     http_server = uvicorn.Server(config)
