@@ -205,6 +205,8 @@ async def test_openapi_lists_v1_paths_when_schema_is_requested(service: RunningS
         "/v1/chains/{org}/checkpoints/{size}",
         "/v1/ledger/keys",
         "/v1/quarantine",
+        "/v1/orgs/{org}/nats-credentials",
+        "/v1/orgs/{org}/nats-credentials/{public_key}",
     }
     assert {"/healthz", "/readyz", "/metrics"} <= set(document["paths"])
 

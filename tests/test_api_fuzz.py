@@ -296,6 +296,17 @@ def _walk(served: Served, examples: int) -> None:
 
     answered: dict[str, set[int]] = {path: set() for path, _ in operations}
     with httpx.Client(base_url=served.base_url, headers=bearer(served.key), timeout=30) as client:
+        # First every route once with values the ledger holds, so that reaching past
+        # validation does not hang on which routes the random walk happens to draw.
+        for path, operation in operations:
+            url = path
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] == "path":
+                    name = parameter["name"]
+                    url = url.replace("{" + name + "}", quote(EXISTING[name][0], safe=""))
+            response = client.get(url)
+            _check_answer(response, operation, served.document)
+            answered[path].add(response.status_code)
         one_request()
     # The walk reached past validation: every route answered 200 at least once.
     assert [path for path, statuses in answered.items() if 200 not in statuses] == []
