@@ -9,10 +9,13 @@ HPUB) and waits for JetStream's ack on a reply inbox.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import secrets
 from urllib.parse import urlsplit
+
+import nkeys
 
 ACK_TIMEOUT_S = 5.0
 
@@ -32,13 +35,17 @@ async def raw_publish(
     payload: bytes,
     headers: list[tuple[bytes, bytes]] | None = None,
     timeout_s: float = ACK_TIMEOUT_S,
+    seed: bytes | None = None,
 ) -> int:
-    """Publish exactly these bytes; returns the stream seq from JetStream's ack."""
+    """Publish exactly these bytes; returns the stream seq from JetStream's ack.
+
+    `seed`: an nkey user seed, for a server that admits only known users (it
+    signs the server's nonce, as every NATS client does)."""
     url = urlsplit(nats_url)
     reader, writer = await asyncio.open_connection(url.hostname or "127.0.0.1", url.port or 4222)
     try:
         return await asyncio.wait_for(
-            _exchange(reader, writer, subject, payload, headers), timeout_s
+            _exchange(reader, writer, subject, payload, headers, seed), timeout_s
         )
     except TimeoutError as e:
         raise RawPublishError(f"no JetStream ack within {timeout_s:.0f} s") from e
@@ -54,12 +61,18 @@ async def _exchange(
     subject: bytes,
     payload: bytes,
     headers: list[tuple[bytes, bytes]] | None,
+    seed: bytes | None,
 ) -> int:
     info = await reader.readline()
     if not info.startswith(b"INFO "):
         raise RawPublishError(f"not a NATS server: {info[:80]!r}")
     connect: dict[str, object] = {"verbose": False, "pedantic": False, "headers": True}
     connect |= {"protocol": 1, "no_responders": True, "name": "faults-raw"}
+    if seed is not None:
+        user = nkeys.from_seed(bytearray(seed.strip()))
+        nonce = str(json.loads(info[5:]).get("nonce", ""))
+        connect["nkey"] = user.public_key.decode()
+        connect["sig"] = base64.urlsafe_b64encode(user.sign(nonce.encode())).decode().rstrip("=")
     inbox = f"_INBOX.faults.{secrets.token_hex(8)}".encode()
     writer.write(b"CONNECT " + json.dumps(connect).encode() + b"\r\n")
     writer.write(b"SUB " + inbox + b" 1\r\n")

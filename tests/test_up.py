@@ -7,6 +7,7 @@ no DATABASE_URL / NATS_URL, so it starts its own embedded PostgreSQL and NATS.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -26,7 +27,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from faults import poison
+from faults.rawnats import raw_publish
+from faults.workload import GATEWAY as poison_gateway
 from service.adapters.embedded import free_tcp_port
+from service.adapters.keyfile import load_key
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
 
@@ -224,9 +229,9 @@ class ReadyzWatch:
 # ---- publishing through the CLI, as the README does ---------------------------------------------
 
 
-def _create_key(up: Up, work: Path) -> Path:
-    key_file = work / f"{ORG}.key.json"
-    result = _cli("keys", "create", "--org", ORG, "--out", str(key_file),
+def _create_key(up: Up, work: Path, org: str = ORG) -> Path:
+    key_file = work / f"{org}.key.json"
+    result = _cli("keys", "create", "--org", org, "--out", str(key_file),
                   "--data-dir", str(up.data_dir))  # fmt: skip
     assert result.returncode == 0, result.stderr
     return key_file
@@ -442,3 +447,43 @@ def test_up_prints_an_operator_key_once_when_the_data_folder_is_new(
     assert "operator API key" not in again.log()
     assert key_file.read_text().strip() == token
     assert again.stop() == 0
+
+
+def test_up_quarantines_hostile_messages_and_stays_ready_when_they_are_published_to_it(
+    start_up: type[Up], work: Path
+) -> None:
+    """Every hostile class of issue 8 that must be refused, published to a running `up`
+    (as the service's own NATS user, so the bus lets it through), lands in the quarantine
+    with a reason; the good event after each is chained within seconds; `up` never exits
+    and /readyz answers 200 throughout."""
+    up = _new_up(start_up, work)
+    up.wait_ready()
+    key_files = {org: _create_key(up, work, org) for org in (poison.ORG, poison_gateway)}
+    keys = {org: load_key(path) for org, path in key_files.items()}
+    runtime = up.runtime()
+    seed = Path(str(runtime["nats_seed_file"])).read_bytes()
+    watch = ReadyzWatch(up)
+    hostile = [p for p in poison.POISONS if p.expect == "quarantine"]
+    try:
+        for case in hostile:
+            raw = case.build("tl", keys)
+            asyncio.run(
+                raw_publish(
+                    str(runtime["nats_url"]), raw.subject, raw.payload, raw.headers, seed=seed
+                )
+            )
+            started = time.monotonic()
+            good = _publish(up, key_files[poison.ORG], work, AGENT)
+            _wait_chained(up, good)
+            assert time.monotonic() - started < 10, case.name
+            assert up.proc.poll() is None, case.name
+    finally:
+        watch.close()
+    # 429: the watch polls anonymously, faster than an address without a key may.
+    assert {status for status in watch.seen if status != 429} == {200}, watch.seen
+    response = httpx.get(f"{up.url}/v1/quarantine?limit=100", headers=_operator_auth(up), timeout=5)
+    assert response.status_code == 200
+    reasons = [item["reason"] for item in response.json()["items"]]
+    assert len(reasons) == len(hostile), reasons
+    assert all(reasons), reasons
+    assert up.stop() == 0
