@@ -390,3 +390,32 @@ async def test_readiness_fails_when_messages_wait_and_nothing_commits(
         await blocker.close()
     await wait_for_chain(store, ORG, 2)
     await wait_until(lambda: _ready(svc), 10, "/readyz to recover")
+
+
+async def test_ingest_binds_its_consumer_again_when_it_is_deleted_under_it(
+    service: RunningService,
+    settings: Settings,
+    store: LedgerStore,
+    org_key: OrgKeyFactory,
+    publisher: PublisherFactory,
+) -> None:
+    """A consumer deleted under a running ingest (an operator, a server that lost its state):
+    /readyz says so, ingest binds the consumer again, /readyz recovers with no new event, and
+    the next event is chained."""
+    assert settings.nats_url is not None
+    pub = await publisher(await org_key(ORG))
+    await pub.publish(registered(ORG, AGENT))
+    await wait_for_chain(store, ORG, 2)
+    nc = await nats.connect(settings.nats_url)
+    try:
+        await nc.jetstream().delete_consumer(settings.stream, settings.consumer)
+    finally:
+        await nc.close()
+
+    async def failing() -> bool:
+        return (await readiness(service))[0] == 503
+
+    await wait_until(failing, 15, "/readyz to report the lost consumer")
+    await wait_until(lambda: _ready(service), 20, "/readyz to recover with no new event")
+    await pub.publish(performed(ORG, AGENT, "read", "r/after", t=1))
+    await wait_for_chain(store, ORG, 3)

@@ -54,7 +54,10 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 10.0
 STANDBY_POLL_S = 2.0
 FAILING_AFTER = 3
-"""Readiness fails after this many consecutive failed attempts to commit."""
+"""Readiness fails after this many consecutive failed attempts (commit, fetch, bind);
+this many failed fetches in a row also rebind the consumer."""
+PROBE_IDLE_S = 5.0
+"""While idle, ask the broker about the consumer this often (it may have been lost)."""
 
 Binder = Callable[[int], Awaitable[EventConsumer]]
 """Binds the consumer to deliver from after the given stream sequence."""
@@ -200,6 +203,8 @@ class IngestWorker:
         self.status.position = self.position
         self._active_since = time.monotonic()
         metrics.INGEST_ACTIVE.set(1)
+        fetch_failures = 0
+        probed = time.monotonic()
         while not stop.is_set():
             if lease.lost:
                 raise _LeaseLost("the session holding the writer lock ended")
@@ -208,6 +213,11 @@ class IngestWorker:
             assert self._consumer is not None
             try:
                 deliveries = await self._consumer.fetch(self._batch_max, self._fetch_wait_s)
+                if not deliveries and (fetch_failures or time.monotonic() - probed > PROBE_IDLE_S):
+                    # An idle fetch looks the same whether nothing was published or the
+                    # consumer is gone (deleted, or lost by a server): ask about it.
+                    metrics.CONSUMER_PENDING.set((await self._consumer.pending())[0])
+                    probed = time.monotonic()
             except DeliveryGapError as e:
                 metrics.DELIVERY_GAPS.inc()
                 log.warning(
@@ -216,11 +226,24 @@ class IngestWorker:
                 await self._unbind()
                 continue
             except BrokerError as e:
-                # NATS is restarting or unreachable; the client reconnects on its own.
+                # NATS is restarting or unreachable: the client reconnects on its own.
+                # If fetches keep failing, the consumer itself may be gone (a server that
+                # lost its state, an operator's delete): bind it again.
                 self._failed(e)
-                log.warning("fetch failed, retrying: %s", e)
+                fetch_failures += 1
+                if fetch_failures >= FAILING_AFTER:
+                    log.warning(
+                        "fetch failed %d times (%s); rebinding the consumer", fetch_failures, e
+                    )
+                    await self._unbind()
+                    fetch_failures = 0
+                else:
+                    log.warning("fetch failed, retrying: %s", e)
                 await _sleep_unless(stop, 1.0)
                 continue
+            # The broker answered (an idle fetch too): past failures to reach it are over.
+            fetch_failures = 0
+            self._recovered()
             if deliveries and not await self._commit_isolating(deliveries, lease, stop):
                 return  # stopping with the batch uncommitted: it stays unacked
 
@@ -375,8 +398,7 @@ class IngestWorker:
         self.batches += 1
         self.status.position = position.stream_seq
         self.status.last_commit_monotonic = time.monotonic()
-        self.status.consecutive_failures = 0
-        self.status.last_error = ""
+        self._recovered()
         _record(outcome, len(deliveries), time.perf_counter() - started, deliveries[-1])
         return True
 
@@ -388,6 +410,12 @@ class IngestWorker:
     async def _consumer_in_progress(self, deliveries: Sequence[Delivery]) -> None:
         if self._consumer is not None:
             await self._consumer.in_progress(deliveries)
+
+    def _recovered(self) -> None:
+        if self.status.consecutive_failures:
+            self.status.consecutive_failures = 0
+            self.status.last_error = ""
+            metrics.INGEST_CONSECUTIVE_FAILURES.set(0)
 
     def _failed(self, error: Exception) -> None:
         metrics.INGEST_FAILURES.inc()
