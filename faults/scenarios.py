@@ -318,33 +318,10 @@ async def ingest_killed(ctx: Context) -> Result:
 
 async def postgres_restarted(ctx: Context) -> Result:
     """SIGKILL the PostgreSQL postmaster mid-stream, start it again on the same port."""
-    name, fault = (
-        "postgres-sigkill-restart",
-        "SIGKILL of the PostgreSQL postmaster, restart on the same port",
-    )
-    started = time.monotonic()
-    pg = RestartablePostgres(ctx.root / f"{name}-pg")
-    pg.prepare()
-    pg.start()
-    try:
-        async with ctx.lab(name, server_url=pg.url) as lab:
-            workload = Workload.build(
-                lab.keys, lab.settings.subject_prefix, ctx.size(3000, 50_000), ctx.options.seed
-            )
-            publishing = asyncio.create_task(workload.publish(lab.nats_url))
-            ingests, notes = Ingests(lab), []
-            ingests.start()
-            for point in fault_points(ctx.rng, ctx.points(1, 5), workload.total, low=0.15):
-                if not await wait_progress(lab, max(point, await lab.chained() + 1), ingests):
-                    notes.append("ingest made no progress before the next kill")
-                    break
-                pg.kill()
-                await asyncio.sleep(ctx.rng.uniform(0.5, 2.0))
-                pg.start()
-            await publishing
-            return await finish(name, fault, lab, workload, ingests, started, pg.kills, notes)
-    finally:
-        pg.stop()
+    name = "postgres-sigkill-restart"
+    server = RestartablePostgres(ctx.root / f"{name}-pg")
+    fault = "SIGKILL of the PostgreSQL postmaster, restart on the same port"
+    return await _server_restarted(ctx, name, fault, server, lambda: (server.url, None))
 
 
 # ---- 3. NATS killed and restarted --------------------------------------------------------
@@ -352,16 +329,27 @@ async def postgres_restarted(ctx: Context) -> Result:
 
 async def nats_restarted(ctx: Context) -> Result:
     """SIGKILL the NATS server mid-stream, start it again on the same port and store."""
-    name, fault = (
-        "nats-sigkill-restart",
-        "SIGKILL of nats-server, restart on the same port and file store",
-    )
-    started = time.monotonic()
+    name = "nats-sigkill-restart"
     server = RestartableNats(ctx.root / f"{name}-nats")
+    fault = "SIGKILL of nats-server, restart on the same port and file store"
+    return await _server_restarted(ctx, name, fault, server, lambda: (None, server.url))
+
+
+async def _server_restarted(
+    ctx: Context,
+    name: str,
+    fault: str,
+    server: RestartablePostgres | RestartableNats,
+    lab_servers: Callable[[], tuple[str | None, str | None]],
+) -> Result:
+    """The workload against a private server that is SIGKILLed at random points and
+    started again on its port after 0.5-2 s."""
+    started = time.monotonic()
     server.prepare()
     server.start()
     try:
-        async with ctx.lab(name, nats_url=server.url) as lab:
+        server_url, nats_url = lab_servers()  # (database, NATS): None = the shared one
+        async with ctx.lab(name, server_url=server_url, nats_url=nats_url) as lab:
             workload = Workload.build(
                 lab.keys, lab.settings.subject_prefix, ctx.size(3000, 50_000), ctx.options.seed
             )
